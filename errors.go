@@ -1,0 +1,38 @@
+package caddylb
+
+import (
+	"errors"
+
+	"github.com/golb/caddy-lb/strategy"
+)
+
+// Sentinel errors. Config errors wrap them with the app and the field at
+// fault, so they can be checked with errors.Is and still read well.
+var (
+	// ErrNoApps: a load_balancer handler with no apps.
+	ErrNoApps = errors.New("no apps configured")
+	// ErrInvalidHost: an app host that is not a host name, a one-label
+	// wildcard (*.example.com) or the catch-all (*).
+	ErrInvalidHost = errors.New("invalid host")
+	// ErrDuplicateHost: two apps of one handler with the same host.
+	ErrDuplicateHost = errors.New("duplicate app host")
+	// ErrNoInstances: an app with no instances.
+	ErrNoInstances = errors.New("no instances")
+	// ErrInvalidURL: an instance URL that does not parse.
+	ErrInvalidURL = errors.New("invalid URL")
+	// ErrInvalidScheme: an instance URL whose scheme is not http or https.
+	ErrInvalidScheme = errors.New("scheme must be http or https")
+	// ErrMissingHost: an instance URL with no host.
+	ErrMissingHost = errors.New("URL has no host")
+	// ErrUnknownStrategy: a strategy name no strategy is registered under.
+	ErrUnknownStrategy = strategy.ErrUnknown
+	// ErrInvalidDuration: a zero or negative duration.
+	ErrInvalidDuration = errors.New("duration must be positive")
+	// ErrInvalidHealthURI: a health_uri that does not start with '/'.
+	ErrInvalidHealthURI = errors.New("health_uri must start with '/'")
+
+	// ErrNoApp: no app matches the request's host (HTTP 404).
+	ErrNoApp = errors.New("no app for host")
+	// ErrNoHealthyInstances: every instance of the app is down (HTTP 503).
+	ErrNoHealthyInstances = errors.New("no healthy instances")
+)

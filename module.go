@@ -1,0 +1,334 @@
+// Package caddylb is the load_balancer handler for Caddy: it routes each
+// request by its Host to an app, a pool of backend instances, picks a
+// healthy instance with the app's strategy and proxies the request to it.
+//
+// Instances are checked actively (a GET on a health URI, on an interval),
+// their state is shown on Caddy's admin endpoint at
+// GET /api/v1/loadBalancers/report, and every config error names the app and
+// the field at fault.
+package caddylb
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/health"
+	"github.com/golb/caddy-lb/report"
+	"github.com/golb/caddy-lb/strategy"
+)
+
+// Defaults of an app's settings.
+const (
+	DefaultTimeout             = 10 * time.Second
+	DefaultHealthCheckCooldown = 30 * time.Second
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Handler is the load_balancer HTTP handler. It serves a request with the
+// app whose host matches the request's Host header and answers 404 when
+// none does.
+type Handler struct {
+	// The pools of backend instances this handler balances over, each
+	// chosen by the request's Host. Hosts are matched case-insensitively,
+	// ignoring the port: an exact host wins over a one-label wildcard
+	// ("*.example.com"), which wins over the catch-all ("*" or no host).
+	// No two apps may have the same host.
+	Apps []*App `json:"apps,omitempty"`
+
+	router     router
+	logger     *zap.Logger
+	stopHealth context.CancelFunc
+	checkers   sync.WaitGroup
+	unregister func()
+}
+
+// App is a pool of backend instances serving one host.
+type App struct {
+	// The host this app serves: a host name ("api.example.com"), a
+	// one-label wildcard ("*.example.com"), or "*" (or nothing) for every
+	// host no other app claims. No port.
+	Host string `json:"host,omitempty"`
+
+	// How an instance is picked for each request: "round_robin" (in turn,
+	// evenly over the healthy instances) or "least_connections" (the
+	// healthy instance with the fewest requests in flight). Default:
+	// round_robin.
+	Strategy string `json:"strategy,omitempty"`
+
+	// The path each instance is asked for its health, starting with "/".
+	// It is joined to the instance URL's path. An instance is healthy
+	// while it answers 2xx; redirects are not followed. Without it there
+	// are no active checks and every instance counts as healthy.
+	HealthURI string `json:"health_uri,omitempty"`
+
+	// How long a backend may take to send its response headers (slower
+	// answers get 504), to accept a connection, or to answer a health
+	// check. Default: 10s.
+	Timeout *Duration `json:"timeout,omitempty"`
+
+	// The time between health checks of each instance. Default: 30s.
+	HealthCheckCooldown *Duration `json:"health_check_cooldown,omitempty"`
+
+	// The backend instances: at least one.
+	Instances []*InstanceConfig `json:"instances,omitempty"`
+
+	name      string // for messages: the host, or "*" for the catch-all
+	strategy  strategy.Strategy
+	pool      *backend.Pool
+	proxies   map[*backend.Instance]*httputil.ReverseProxy
+	transport *http.Transport
+	checker   *health.Checker
+}
+
+// InstanceConfig is one backend instance of an app.
+type InstanceConfig struct {
+	// The instance's base URL: http or https, a host and optionally a port
+	// and a base path that is joined with each request's path. Without a
+	// scheme ("127.0.0.1:8081"), http is meant. Userinfo, if any, is sent
+	// as basic auth to the instance and redacted in logs and the report.
+	URL string `json:"url"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.load_balancer",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision checks the config, builds the apps and starts their health
+// checks. Any error names the app and the field at fault.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if len(h.Apps) == 0 {
+		return fmt.Errorf("apps: %w", ErrNoApps)
+	}
+	for i, app := range h.Apps {
+		if app == nil {
+			return fmt.Errorf("apps[%d]: %w", i, ErrNoInstances)
+		}
+		if err := app.provision(h.logger); err != nil {
+			return err
+		}
+		pattern, _ := normalizeAppHost(app.Host) // checked by provision
+		if err := h.router.add(pattern, app); err != nil {
+			return fmt.Errorf("app %q: host: %w: another app already serves it", app.name, err)
+		}
+	}
+
+	// Health checks run for as long as this config does: Caddy cancels ctx
+	// when it unloads the config, including after a failed load or a
+	// `caddy validate`, and Cleanup waits for the loops to end.
+	hctx, cancel := context.WithCancel(ctx)
+	h.stopHealth = cancel
+	for _, app := range h.Apps {
+		if app.checker != nil {
+			h.checkers.Go(func() { app.checker.Run(hctx) })
+		}
+	}
+	h.unregister = report.Register(ctx, h)
+	return nil
+}
+
+// Cleanup stops the health checks and releases idle backend connections.
+// Requests still in flight on this config keep working: Caddy may finish
+// them after Cleanup.
+func (h *Handler) Cleanup() error {
+	if h.unregister != nil {
+		h.unregister()
+	}
+	if h.stopHealth != nil {
+		h.stopHealth()
+	}
+	h.checkers.Wait()
+	for _, app := range h.Apps {
+		if app != nil && app.transport != nil {
+			app.transport.CloseIdleConnections()
+		}
+		if app != nil && app.checker != nil {
+			app.checker.Client.CloseIdleConnections()
+		}
+	}
+	return nil
+}
+
+// ServeHTTP proxies r to an instance of the app that serves its host.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	app := h.router.match(r.Host)
+	if app == nil {
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("%w %q", ErrNoApp, r.Host))
+	}
+	return app.serve(w, r)
+}
+
+// ReportApps implements report.Source.
+func (h *Handler) ReportApps() []report.App {
+	apps := make([]report.App, 0, len(h.Apps))
+	for _, app := range h.Apps {
+		ra := report.App{Host: app.Host, Strategy: app.Strategy}
+		for _, in := range app.pool.All() {
+			st := in.Status()
+			ri := report.Instance{
+				URL:               st.URL,
+				Healthy:           st.Healthy,
+				ActiveConnections: st.InFlight,
+				TotalRequests:     st.TotalRequests,
+				Failures:          st.Failures,
+				LastError:         st.LastError,
+			}
+			if !st.LastChecked.IsZero() {
+				t := st.LastChecked.UTC()
+				ri.LastChecked = &t
+			}
+			ra.Instances = append(ra.Instances, ri)
+		}
+		apps = append(apps, ra)
+	}
+	return apps
+}
+
+// provision applies defaults, checks the app's config and builds its pool,
+// strategy, transport and health checker.
+func (a *App) provision(logger *zap.Logger) error {
+	pattern, err := normalizeAppHost(a.Host)
+	a.name = a.Host
+	if pattern == "" && err == nil {
+		a.name = "*"
+	}
+	if err != nil {
+		return fmt.Errorf("app %q: host: %w", a.Host, err)
+	}
+	if a.Strategy == "" {
+		a.Strategy = strategy.Default
+	}
+	if a.strategy, err = strategy.New(a.Strategy); err != nil {
+		return a.errorf("strategy", err)
+	}
+	timeout := durationOr(a.Timeout, DefaultTimeout)
+	if timeout <= 0 {
+		return a.errorf("timeout", fmt.Errorf("%w, got %v", ErrInvalidDuration, timeout))
+	}
+	cooldown := durationOr(a.HealthCheckCooldown, DefaultHealthCheckCooldown)
+	if cooldown <= 0 {
+		return a.errorf("health_check_cooldown", fmt.Errorf("%w, got %v", ErrInvalidDuration, cooldown))
+	}
+	var healthURI *url.URL
+	if a.HealthURI != "" {
+		if !strings.HasPrefix(a.HealthURI, "/") {
+			return a.errorf("health_uri", fmt.Errorf("%w, got %q", ErrInvalidHealthURI, a.HealthURI))
+		}
+		if healthURI, err = url.Parse(a.HealthURI); err != nil {
+			return a.errorf("health_uri", fmt.Errorf("%w: %v", ErrInvalidHealthURI, err))
+		}
+	}
+	if len(a.Instances) == 0 {
+		return a.errorf("instances", ErrNoInstances)
+	}
+
+	a.transport = newTransport(timeout)
+	a.proxies = make(map[*backend.Instance]*httputil.ReverseProxy, len(a.Instances))
+	errorLog := zap.NewStdLog(logger.With(zap.String("app", a.name)))
+	instances := make([]*backend.Instance, 0, len(a.Instances))
+	var targets []health.Target
+	for i, ic := range a.Instances {
+		field := fmt.Sprintf("instances[%d].url", i)
+		if ic == nil {
+			return a.errorf(field, ErrInvalidURL)
+		}
+		u, err := parseInstanceURL(ic.URL)
+		if err != nil {
+			return a.errorf(field, err)
+		}
+		in := backend.New(u)
+		instances = append(instances, in)
+		a.proxies[in] = newProxy(u, a.transport, errorLog)
+		if healthURI != nil {
+			probe := *u
+			probe.Path, probe.RawPath = joinPath(u.Path, healthURI.Path), ""
+			probe.RawQuery = healthURI.RawQuery
+			targets = append(targets, health.Target{Instance: in, URL: probe.String()})
+		}
+	}
+	a.pool = backend.NewPool(instances...)
+
+	if len(targets) > 0 {
+		a.checker = &health.Checker{
+			App:      a.name,
+			Targets:  targets,
+			Interval: cooldown,
+			Timeout:  timeout,
+			Client:   health.NewClient(newProbeTransport(timeout)),
+			Logger:   logger,
+		}
+	}
+	return nil
+}
+
+// errorf wraps err with the app's name and the field at fault.
+func (a *App) errorf(field string, err error) error {
+	return fmt.Errorf("app %q: %s: %w", a.name, field, err)
+}
+
+// serve proxies r to an instance picked by the app's strategy.
+func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
+	in := a.strategy.Select(a.pool, r)
+	if in == nil {
+		return caddyhttp.Error(http.StatusServiceUnavailable,
+			fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
+	}
+	in.Acquire()
+	defer in.Release() // also when the proxy aborts the response with a panic
+	return proxy(a.proxies[in], in, w, r)
+}
+
+// parseInstanceURL parses and checks an instance URL; one without a scheme
+// means http.
+func parseInstanceURL(raw string) (*url.URL, error) {
+	s := strings.TrimSpace(raw)
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, raw, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%w, got %q in %q", ErrInvalidScheme, u.Scheme, raw)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("%w: %q", ErrMissingHost, raw)
+	}
+	if port := u.Port(); port != "" {
+		if _, err := net.LookupPort("tcp", port); err != nil {
+			return nil, fmt.Errorf("%w %q: bad port %q", ErrInvalidURL, raw, port)
+		}
+	}
+	if u.Fragment != "" || u.Opaque != "" {
+		return nil, fmt.Errorf("%w %q: no fragment or opaque part allowed", ErrInvalidURL, raw)
+	}
+	return u, nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ report.Source               = (*Handler)(nil)
+)

@@ -1,0 +1,151 @@
+// Package report serves the health report of every load balancer in the
+// running Caddy config at GET /api/v1/loadBalancers/report on Caddy's admin
+// endpoint.
+//
+// Caddy creates admin modules anew on every config load and never cleans
+// them up, so the admin module holds nothing: load balancers add themselves
+// to a process-wide registry when they are provisioned and remove themselves
+// when they are cleaned up, and the module reads that registry per request.
+package report
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Path is where the report is served on Caddy's admin endpoint.
+const Path = "/api/v1/loadBalancers/report"
+
+// Report is the document served at Path.
+type Report struct {
+	Apps []App `json:"apps"`
+}
+
+// App is one app of a load balancer.
+type App struct {
+	Host      string     `json:"host"`
+	Strategy  string     `json:"strategy"`
+	Instances []Instance `json:"instances"`
+}
+
+// Instance is one backend instance of an app.
+type Instance struct {
+	URL               string     `json:"url"`
+	Healthy           bool       `json:"healthy"`
+	ActiveConnections int64      `json:"active_connections"`
+	TotalRequests     uint64     `json:"total_requests"`
+	Failures          uint64     `json:"failures"`
+	LastChecked       *time.Time `json:"last_checked"`
+	LastError         string     `json:"last_error"`
+}
+
+// Source is a live load balancer that can describe its apps.
+type Source interface {
+	ReportApps() []App
+}
+
+type entry struct {
+	seq    uint64
+	config <-chan struct{} // Done channel of the config the source belongs to
+	src    Source
+}
+
+var (
+	mu      sync.Mutex
+	nextSeq uint64
+	entries []*entry
+)
+
+// Register adds src, a load balancer of the config whose context is ctx, to
+// the report, and returns the function that removes it. The report shows
+// sources in the order they were registered, which is config order within a
+// server.
+func Register(ctx context.Context, src Source) (unregister func()) {
+	mu.Lock()
+	defer mu.Unlock()
+	nextSeq++
+	e := &entry{seq: nextSeq, config: ctx.Done(), src: src}
+	entries = append(entries, e)
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		entries = slices.DeleteFunc(entries, func(x *entry) bool { return x == e })
+	}
+}
+
+// Current returns the report of the running config. While a reload is under
+// way, the registry also holds the load balancers of the config being loaded
+// or unloaded; only those of the config Caddy is running are shown.
+func Current() Report {
+	var running <-chan struct{}
+	if active := caddy.ActiveContext(); active.Context != nil {
+		running = active.Done()
+	}
+	mu.Lock()
+	srcs := make([]Source, 0, len(entries))
+	for _, e := range entries {
+		if e.config == running {
+			srcs = append(srcs, e.src)
+		}
+	}
+	mu.Unlock()
+
+	rep := Report{Apps: []App{}}
+	for _, src := range srcs {
+		rep.Apps = append(rep.Apps, src.ReportApps()...)
+	}
+	return rep
+}
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// Admin is the admin API module that serves the report. It has no
+// configuration; Caddy loads it whenever the admin endpoint is on.
+type Admin struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.load_balancer",
+		New: func() caddy.Module { return new(Admin) },
+	}
+}
+
+// Routes returns the admin routes of the module.
+func (Admin) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{{
+		Pattern: Path,
+		Handler: caddy.AdminHandlerFunc(serveReport),
+	}}
+}
+
+func serveReport(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return caddy.APIError{
+			HTTPStatus: http.StatusMethodNotAllowed,
+			Err:        fmt.Errorf("method %s not allowed: the report is read with GET", r.Method),
+		}
+	}
+	body, err := json.Marshal(Current())
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(append(body, '\n'))
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*Admin)(nil)
+)
