@@ -73,6 +73,10 @@ func newProxy(target *url.URL, transport http.RoundTripper, errorLog *log.Logger
 	}
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			// ReverseProxy drops query parameters it cannot parse and
+			// re-encodes the rest; a load balancer passes the query on
+			// exactly as the client sent it, as Caddy's reverse_proxy does.
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 			setForwarded(pr)

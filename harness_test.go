@@ -1,0 +1,288 @@
+package caddylb_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/golb/caddy-lb/report"
+)
+
+// runAsCaddyEnv makes the test binary behave as the caddy command, so CLI
+// tests can run `caddy validate`, `caddy run` and friends with this module
+// built in and no separate build step.
+const runAsCaddyEnv = "CADDYLB_TEST_RUN_AS_CADDY"
+
+// adminAddr is the admin endpoint of the Caddy that tests run in this
+// process. One address for the whole binary: Caddy keeps one admin server.
+var adminAddr string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsCaddyEnv) == "1" {
+		caddycmd.Main()
+		return
+	}
+	adminAddr = fmt.Sprintf("localhost:%d", freePort())
+	code := m.Run()
+	_ = caddy.Stop()
+	os.Exit(code)
+}
+
+// freePort returns a TCP port free on 127.0.0.1 at the time of the call.
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// site is a Caddy config under test: the HTTP port its sites listen on and
+// the log file Caddy writes to.
+type site struct {
+	t       testing.TB
+	port    int
+	logFile string
+
+	backendURL string // for tests that look one instance up in the report
+	global     string // extra global options
+}
+
+// newSite returns a site on a fresh port whose config is loaded with load.
+func newSite(t testing.TB) *site {
+	t.Helper()
+	s := &site{t: t, port: freePort(), logFile: filepath.Join(t.TempDir(), "caddy.log")}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return s
+}
+
+// caddyfile wraps site blocks in the global options every test needs:
+// the test admin endpoint, loopback only, no HTTPS, logs to a file. In body,
+// {port} stands for the site's port.
+func (s *site) caddyfile(body string) string {
+	return fmt.Sprintf(`{
+	admin %s
+	persist_config off
+	auto_https off
+	skip_install_trust
+	default_bind 127.0.0.1
+	grace_period 10s
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+%s
+}
+%s`, adminAddr, s.logFile, s.global, strings.ReplaceAll(body, "{port}", strconv.Itoa(s.port)))
+}
+
+// adapt turns a Caddyfile into Caddy JSON.
+func adapt(t testing.TB, caddyfile string) []byte {
+	t.Helper()
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, caddyfile)
+	}
+	return cfg
+}
+
+// load loads body (site blocks, see caddyfile) into the Caddy of this
+// process, replacing the running config, and fails the test on error.
+func (s *site) load(body string) {
+	s.t.Helper()
+	if err := s.tryLoad(body); err != nil {
+		s.t.Fatalf("load: %v", err)
+	}
+}
+
+// tryLoad is load that returns the error.
+func (s *site) tryLoad(body string) error {
+	return caddy.Load(adapt(s.t, s.caddyfile(body)), true)
+}
+
+// url returns the URL of path on the site.
+func (s *site) url(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.port, path)
+}
+
+// get sends a GET for path with the given Host and returns status and body.
+func (s *site) get(host, path string) (int, string) {
+	s.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, s.url(path), nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		s.t.Fatalf("GET %s (Host %s): %v", path, host, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.t.Fatalf("GET %s (Host %s): reading body: %v", path, host, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// client is the HTTP client of the tests: keep-alive, loopback only.
+var client = &http.Client{
+	Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true},
+	Timeout:   30 * time.Second,
+}
+
+// fetchReport reads the load balancer report from the admin endpoint.
+func fetchReport(t testing.TB) report.Report {
+	t.Helper()
+	resp, err := client.Get("http://" + adminAddr + report.Path)
+	if err != nil {
+		t.Fatalf("GET report: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET report: status %d: %s", resp.StatusCode, b)
+	}
+	var rep report.Report
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		t.Fatalf("decoding report: %v", err)
+	}
+	return rep
+}
+
+// instanceOf returns the report entry of the instance with the given URL.
+func instanceOf(t testing.TB, rep report.Report, host, url string) report.Instance {
+	t.Helper()
+	for _, app := range rep.Apps {
+		if app.Host != host {
+			continue
+		}
+		for _, in := range app.Instances {
+			if in.URL == url {
+				return in
+			}
+		}
+	}
+	t.Fatalf("report has no instance %s in app %q: %+v", url, host, rep)
+	return report.Instance{}
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// deadline. It waits for events that have no hook to await directly, such
+// as a health check's outcome reaching the report.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// backend is a test backend on 127.0.0.1 that answers with its name and
+// counts the requests it served (health checks apart).
+type backend struct {
+	*httptest.Server
+	name     string
+	requests atomic.Int64
+	health   atomic.Int32 // status of GET /health; 0 means 200
+	probes   atomic.Int64
+	handler  atomic.Pointer[http.HandlerFunc]
+}
+
+// newBackend starts a backend. By default it answers "name" to everything
+// and 200 to /health; set handler to change that.
+func newBackend(t testing.TB, name string) *backend {
+	t.Helper()
+	b := &backend{name: name}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			b.probes.Add(1)
+			if code := b.health.Load(); code != 0 {
+				w.WriteHeader(int(code))
+				return
+			}
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		b.requests.Add(1)
+		if h := b.handler.Load(); h != nil {
+			(*h)(w, r)
+			return
+		}
+		w.Header().Set("X-Backend", b.name)
+		_, _ = io.WriteString(w, b.name)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+// handle sets the backend's handler for non-health requests.
+func (b *backend) handle(h http.HandlerFunc) { b.handler.Store(&h) }
+
+// closedURL returns the URL of a port on 127.0.0.1 nothing listens on.
+func closedURL() string { return fmt.Sprintf("http://127.0.0.1:%d", freePort()) }
+
+// gate is a barrier a backend handler waits on until the test opens it.
+type gate struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newGate() *gate { return &gate{ch: make(chan struct{})} }
+
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
+func (g *gate) wait(ctx context.Context) error {
+	select {
+	case <-g.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// logLines returns the JSON lines of the site's Caddy log that match.
+func logLines(t testing.TB, s *site, match func(map[string]any) bool) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(s.logFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var lines []map[string]any
+	for _, raw := range strings.Split(string(data), "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(raw), &l) == nil && match(l) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// caddyLoad loads raw Caddy JSON.
+func caddyLoad(cfg []byte) error { return caddy.Load(cfg, true) }
+
+// jsonDecode decodes a response body.
+func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }

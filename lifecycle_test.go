@@ -1,0 +1,420 @@
+package caddylb_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	caddylb "github.com/golb/caddy-lb"
+)
+
+func TestHealthChangesLoggedOncePerChange(t *testing.T) {
+	b := newBackend(t, "b")
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app api.test {
+			health_uri /health
+			health_check_cooldown 20ms
+			instances %s
+		}
+	}
+}`, b.URL))
+	healthChanges := func() []map[string]any {
+		return logLines(t, s, func(l map[string]any) bool {
+			msg, _ := l["msg"].(string)
+			return strings.HasPrefix(msg, "instance ") && l["app"] == "api.test"
+		})
+	}
+	// Flip health twice, waiting each time for several more probes so
+	// that a repeated log line would show.
+	for _, step := range []struct {
+		status int32
+		msg    string
+	}{{503, "instance unhealthy"}, {0, "instance healthy"}} {
+		b.health.Store(step.status)
+		waitFor(t, step.msg, func() bool {
+			return len(healthChanges()) > 0 && healthChanges()[len(healthChanges())-1]["msg"] == step.msg
+		})
+		probes := b.probes.Load()
+		waitFor(t, "three more probes", func() bool { return b.probes.Load() >= probes+3 })
+	}
+	lines := healthChanges()
+	if len(lines) != 2 {
+		t.Fatalf("got %d health log lines, want 2: %v", len(lines), lines)
+	}
+	if lines[0]["instance"] != b.URL || lines[0]["reason"] != "status 503" || lines[0]["level"] != "warn" {
+		t.Errorf("unhealthy line: %v", lines[0])
+	}
+	if lines[1]["instance"] != b.URL || lines[1]["level"] != "info" {
+		t.Errorf("healthy line: %v", lines[1])
+	}
+	// Nothing is logged per request at info.
+	for range 5 {
+		s.get("api.test", "/")
+	}
+	if n := len(logLines(t, s, func(l map[string]any) bool {
+		return l["logger"] == "http.handlers.load_balancer" && l["level"] != "debug"
+	})); n != 2 {
+		t.Fatalf("load_balancer logged %d lines above debug, want the 2 health changes", n)
+	}
+}
+
+func TestReport(t *testing.T) {
+	a1, a2 := newBackend(t, "a1"), newBackend(t, "a2")
+	a2.health.Store(503)
+	p1 := newBackend(t, "p1")
+	secretURL := strings.Replace(p1.URL, "http://", "http://user:hunter2@", 1)
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app api.test {
+			health_uri /health
+			health_check_cooldown 1h
+			instances %s %s
+		}
+		app pay.test {
+			strategy least_connections
+			instances %s
+		}
+	}
+}`, a1.URL, a2.URL, secretURL))
+	waitFor(t, "a2 unhealthy", func() bool { return !instanceOf(t, fetchReport(t), "api.test", a2.URL).Healthy })
+	for range 3 {
+		s.get("api.test", "/")
+	}
+
+	rep := fetchReport(t)
+	if len(rep.Apps) != 2 || rep.Apps[0].Host != "api.test" || rep.Apps[1].Host != "pay.test" {
+		t.Fatalf("apps not in config order: %+v", rep.Apps)
+	}
+	if rep.Apps[0].Strategy != "round_robin" || rep.Apps[1].Strategy != "least_connections" {
+		t.Errorf("strategies: %q %q", rep.Apps[0].Strategy, rep.Apps[1].Strategy)
+	}
+	got1 := instanceOf(t, rep, "api.test", a1.URL)
+	if !got1.Healthy || got1.TotalRequests != 3 || got1.LastChecked == nil || got1.LastError != "" || got1.Failures != 0 {
+		t.Errorf("a1: %+v", got1)
+	}
+	got2 := instanceOf(t, rep, "api.test", a2.URL)
+	if got2.Healthy || got2.TotalRequests != 0 || got2.LastChecked == nil || got2.LastError != "status 503" {
+		t.Errorf("a2: %+v", got2)
+	}
+	p := rep.Apps[1].Instances[0]
+	if strings.Contains(p.URL, "hunter2") || strings.Contains(p.URL, "user") || p.LastChecked != nil {
+		t.Errorf("pay instance: %+v (userinfo must be redacted; never checked)", p)
+	}
+
+	t.Run("raw JSON keeps the original field names", func(t *testing.T) {
+		resp, err := client.Get("http://" + adminAddr + "/api/v1/loadBalancers/report")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var raw struct {
+			Apps []map[string]any `json:"apps"`
+		}
+		if err := jsonDecode(resp, &raw); err != nil {
+			t.Fatal(err)
+		}
+		in := raw.Apps[1]["instances"].([]any)[0].(map[string]any)
+		for _, k := range []string{"url", "healthy", "active_connections", "total_requests", "failures", "last_checked", "last_error"} {
+			if _, ok := in[k]; !ok {
+				t.Errorf("instance has no %q: %v", k, in)
+			}
+		}
+		if in["last_checked"] != nil {
+			t.Errorf("last_checked of an unchecked instance = %v, want null", in["last_checked"])
+		}
+	})
+
+	t.Run("other methods get 405", func(t *testing.T) {
+		for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+			req, _ := http.NewRequest(m, "http://"+adminAddr+"/api/v1/loadBalancers/report", nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("%s: status %d, want 405", m, resp.StatusCode)
+			}
+		}
+	})
+
+	t.Run("admin host check applies", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+adminAddr+"/api/v1/loadBalancers/report", nil)
+		req.Host = "evil.example"
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("foreign Host: status %d, want 403", resp.StatusCode)
+		}
+	})
+
+	t.Run("reflects a reload at once", func(t *testing.T) {
+		s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app new.test {
+			instances %s
+		}
+	}
+}`, a1.URL))
+		rep := fetchReport(t)
+		if len(rep.Apps) != 1 || rep.Apps[0].Host != "new.test" {
+			t.Fatalf("after reload: %+v", rep.Apps)
+		}
+	})
+
+	t.Run("empty without load balancers", func(t *testing.T) {
+		s.load(`
+http://:{port} {
+	respond "no lb"
+}`)
+		if rep := fetchReport(t); rep.Apps == nil || len(rep.Apps) != 0 {
+			t.Fatalf("got %+v, want an empty apps list", rep)
+		}
+	})
+}
+
+// TestReloadKeepsInFlightRequest starts a request, reloads the config
+// while it is in flight, and checks the old config finishes it.
+func TestReloadKeepsInFlightRequest(t *testing.T) {
+	b := newBackend(t, "old")
+	release := newGate()
+	arrived := make(chan struct{})
+	b.handle(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		_ = release.wait(r.Context())
+		fmt.Fprint(w, "finished")
+	})
+	other := newBackend(t, "new")
+	s := newSite(t)
+	cfg := `
+http://:{port} {
+	load_balancer {
+		app x.test {
+			health_uri /health
+			instances %s
+		}
+	}
+}`
+	s.load(fmt.Sprintf(cfg, b.URL))
+
+	type result struct {
+		status int
+		body   string
+	}
+	done := make(chan result, 1)
+	go func() {
+		status, body := s.get("x.test", "/")
+		done <- result{status, body}
+	}()
+	<-arrived
+	s.load(fmt.Sprintf(cfg, other.URL)) // the old handler is cleaned up here
+	if status, body := s.get("x.test", "/"); status != 200 || body != "new" {
+		t.Fatalf("new config: %d %q", status, body)
+	}
+	release.open()
+	if r := <-done; r.status != 200 || r.body != "finished" {
+		t.Fatalf("in-flight request across reload: %d %q", r.status, r.body)
+	}
+}
+
+// TestReloadsUnderLoad reloads 20 times while clients send requests: the
+// load balancer must answer every request that reaches it with a success,
+// and no health checker may outlive its config.
+//
+// Connection-level errors are counted apart: on Linux, Caddy opens a new
+// SO_REUSEPORT listener for each config and closes the old one, which
+// resets connections still queued on it and closes idle keep-alive
+// connections as a client reuses them. That happens to every Caddy handler
+// (a plain `respond` site loses as many), before any handler runs; the
+// net.ipv4.tcp_migrate_req sysctl removes the resets.
+func TestReloadsUnderLoad(t *testing.T) {
+	b1, b2 := newBackend(t, "b1"), newBackend(t, "b2")
+	s := newSite(t)
+	cfg := func(i int) string {
+		strategy := []string{"round_robin", "least_connections"}[i%2]
+		return fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app x.test {
+			strategy %s
+			health_uri /health
+			health_check_cooldown %dms
+			instances %s %s
+		}
+	}
+}`, strategy, 50+i, b1.URL, b2.URL)
+	}
+	s.load(cfg(0))
+	base := checkerGoroutines()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ok, connErrs int
+	var bad []string
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; i < 2000 && ctx.Err() == nil; i++ {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url("/"), nil)
+				req.Host = "x.test"
+				resp, err := client.Do(req)
+				var body []byte
+				if err == nil {
+					body, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				mu.Lock()
+				switch {
+				case err != nil && ctx.Err() == nil && resp == nil && isConnReset(err):
+					connErrs++
+				case err != nil && ctx.Err() != nil:
+					// the load ended mid-request
+				case err != nil || resp.StatusCode != 200 || (string(body) != "b1" && string(body) != "b2"):
+					bad = append(bad, fmt.Sprintf("%v %q %v", resp != nil && resp.StatusCode != 0, body, err))
+				default:
+					ok++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for i := 1; i <= 20; i++ {
+		s.load(cfg(i))
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("20 reloads: %d requests answered 200, %d connection errors at Caddy's listener", ok, connErrs)
+	if len(bad) != 0 {
+		t.Fatalf("%d requests failed across 20 reloads: %v", len(bad), bad[:min(len(bad), 5)])
+	}
+	if ok == 0 {
+		t.Fatal("no request succeeded")
+	}
+	waitFor(t, "one health checker left", func() bool { return checkerGoroutines() == base })
+	if base != 1 {
+		t.Fatalf("%d health checker goroutines for one app", base)
+	}
+}
+
+// isConnReset reports whether err is a connection closed or reset by the
+// server before it sent any response.
+func isConnReset(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// provisionHandler provisions the first load_balancer handler of
+// handlersJSON (a comma-separated list of handler objects) on its own, then
+// cleans it up, and returns the provisioning error.
+func provisionHandler(t *testing.T, handlersJSON string) error {
+	t.Helper()
+	var handlers []json.RawMessage
+	if err := json.Unmarshal([]byte("["+handlersJSON+"]"), &handlers); err != nil {
+		t.Fatal(err)
+	}
+	var h caddylb.Handler
+	if err := json.Unmarshal(handlers[0], &h); err != nil {
+		return err
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err := h.Provision(ctx)
+	if cerr := h.Cleanup(); cerr != nil {
+		t.Errorf("cleanup after provisioning: %v", cerr)
+	}
+	return err
+}
+
+// checkerGoroutines counts the running health check loops.
+func checkerGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "caddy-lb/health.(*Checker).Run(")
+}
+
+// TestBadConfigRefused loads bad configs: each is refused with an error
+// that names the app and the field, and the running config keeps serving.
+func TestBadConfigRefused(t *testing.T) {
+	b := newBackend(t, "good")
+	s := newSite(t)
+	good := fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app x.test {
+			instances %s
+		}
+	}
+}`, b.URL)
+	s.load(good)
+
+	tests := []struct {
+		name string
+		json string // the load_balancer handler
+		want []string
+		is   error
+	}{
+		{"no apps", `{"handler":"load_balancer"}`, []string{"apps"}, caddylb.ErrNoApps},
+		{"no instances", `{"handler":"load_balancer","apps":[{"host":"a.test"}]}`, []string{`app "a.test"`, "instances"}, caddylb.ErrNoInstances},
+		{"bad scheme", `{"handler":"load_balancer","apps":[{"host":"a.test","instances":[{"url":"ftp://127.0.0.1:21"}]}]}`, []string{`app "a.test"`, "instances[0].url", "ftp"}, caddylb.ErrInvalidScheme},
+		{"URL without host", `{"handler":"load_balancer","apps":[{"host":"a.test","instances":[{"url":"http://127.0.0.1:1"},{"url":"http:///path"}]}]}`, []string{`app "a.test"`, "instances[1].url"}, caddylb.ErrMissingHost},
+		{"unknown strategy", `{"handler":"load_balancer","apps":[{"host":"a.test","strategy":"fastest","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "a.test"`, "strategy", "fastest", "round_robin"}, caddylb.ErrUnknownStrategy},
+		{"zero timeout", `{"handler":"load_balancer","apps":[{"host":"a.test","timeout":0,"instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "a.test"`, "timeout"}, caddylb.ErrInvalidDuration},
+		{"negative cooldown", `{"handler":"load_balancer","apps":[{"host":"a.test","health_check_cooldown":"-5s","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "a.test"`, "health_check_cooldown"}, caddylb.ErrInvalidDuration},
+		{"health_uri without slash", `{"handler":"load_balancer","apps":[{"host":"a.test","health_uri":"health","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "a.test"`, "health_uri"}, caddylb.ErrInvalidHealthURI},
+		{"duplicate hosts", `{"handler":"load_balancer","apps":[{"host":"A.test","instances":[{"url":"127.0.0.1:1"}]},{"host":"a.test","instances":[{"url":"127.0.0.1:2"}]}]}`, []string{`app "a.test"`, "host"}, caddylb.ErrDuplicateHost},
+		{"two catch-alls", `{"handler":"load_balancer","apps":[{"instances":[{"url":"127.0.0.1:1"}]},{"host":"*","instances":[{"url":"127.0.0.1:2"}]}]}`, []string{`app "*"`, "host"}, caddylb.ErrDuplicateHost},
+		{"host with port", `{"handler":"load_balancer","apps":[{"host":"a.test:80","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "a.test:80"`, "host"}, caddylb.ErrInvalidHost},
+		{"unparsable duration", `{"handler":"load_balancer","apps":[{"host":"a.test","timeout":"soon","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{"soon"}, nil},
+		{"second handler bad after first started checks", `{"handler":"load_balancer","apps":[{"host":"ok.test","health_uri":"/health","instances":[{"url":"127.0.0.1:1"}]}]},{"handler":"load_balancer","apps":[{"host":"b.test","instances":[{"url":"gopher://h"}]}]}`, []string{`app "b.test"`, "instances[0].url", "scheme"}, nil},
+		{"unknown field", `{"handler":"load_balancer","apps":[{"host":"a.test","weight":3,"instances":[{"url":"127.0.0.1:1"}]}]}`, []string{"weight"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := checkerGoroutines()
+			cfg := fmt.Sprintf(`{"admin":{"listen":%q},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:%d"],"routes":[{"handle":[%s]}]}}}}}`,
+				adminAddr, s.port, tt.json)
+			err := caddyLoad([]byte(cfg))
+			if err == nil {
+				t.Fatal("bad config loaded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if tt.is != nil {
+				// Caddy's load error keeps the message but not the chain:
+				// provision the handler alone to check the sentinel.
+				if err := provisionHandler(t, tt.json); !errors.Is(err, tt.is) {
+					t.Errorf("provisioning %s: error %v is not %v", tt.json, err, tt.is)
+				}
+			}
+			if status, body := s.get("x.test", "/"); status != 200 || body != "good" {
+				t.Fatalf("running config stopped serving: %d %q", status, body)
+			}
+			if after := checkerGoroutines(); after != before {
+				t.Fatalf("health checkers: %d before the failed load, %d after", before, after)
+			}
+		})
+	}
+}
