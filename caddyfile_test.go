@@ -1,0 +1,587 @@
+package caddylb_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	caddylb "github.com/golb/caddy-lb"
+)
+
+// unmarshalCase is a load_balancer directive and the handler it gives (as
+// JSON) or the error it fails with.
+type unmarshalCase struct {
+	name  string
+	input string
+
+	want string // the handler's JSON, when parsing succeeds
+
+	wantErr []string // substrings of the error, when parsing fails
+	line    int      // the line the error must point at
+	is      error    // a sentinel the error must wrap, if any
+}
+
+// inApp is a load_balancer with one app "a.example.com" whose block holds
+// lines; the first of them is on line 3.
+func inApp(lines ...string) string {
+	return "load_balancer {\n\tapp a.example.com {\n\t\t" + strings.Join(lines, "\n\t\t") + "\n\t}\n}"
+}
+
+var unmarshalCases = []unmarshalCase{
+	// The app-block form.
+	{
+		name: "app blocks with every option",
+		input: `load_balancer {
+	app api.example.com {
+		strategy round_robin
+		health_uri /health
+		timeout 10s
+		health_check_cooldown 30s
+		instances http://127.0.0.1:8081 http://127.0.0.1:8082
+		instances http://127.0.0.1:8083
+	}
+	app payments.example.com {
+		strategy least_connections
+		instances http://127.0.0.1:9081 http://127.0.0.1:9082
+	}
+}`,
+		want: `{"apps":[
+			{"host":"api.example.com","strategy":"round_robin","health_uri":"/health","timeout":"10s","health_check_cooldown":"30s",
+			 "instances":[{"url":"http://127.0.0.1:8081"},{"url":"http://127.0.0.1:8082"},{"url":"http://127.0.0.1:8083"}]},
+			{"host":"payments.example.com","strategy":"least_connections",
+			 "instances":[{"url":"http://127.0.0.1:9081"},{"url":"http://127.0.0.1:9082"}]}]}`,
+	},
+	{
+		name:  "app with instances only",
+		input: inApp("instances 127.0.0.1:8081"),
+		want:  `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:8081"}]}]}`,
+	},
+	{
+		name: "wildcard and catch-all hosts, kept as written",
+		input: `load_balancer {
+	app *.Example.com {
+		instances 127.0.0.1:1
+	}
+	app * {
+		instances 127.0.0.1:2
+	}
+	app [::1] {
+		instances 127.0.0.1:3
+	}
+}`,
+		want: `{"apps":[
+			{"host":"*.Example.com","instances":[{"url":"127.0.0.1:1"}]},
+			{"host":"*","instances":[{"url":"127.0.0.1:2"}]},
+			{"host":"[::1]","instances":[{"url":"127.0.0.1:3"}]}]}`,
+	},
+	{
+		name:  "instances without a scheme, with a path, with https, kept as written",
+		input: inApp("instances 127.0.0.1:8081 localhost:8082/base/ https://[::1]:8443", `instances "http://user:pass@127.0.0.1:8084"`),
+		want: `{"apps":[{"host":"a.example.com","instances":[
+			{"url":"127.0.0.1:8081"},{"url":"localhost:8082/base/"},{"url":"https://[::1]:8443"},{"url":"http://user:pass@127.0.0.1:8084"}]}]}`,
+	},
+	{
+		name:  "durations in every unit Caddy knows, encoded back as Go durations",
+		input: inApp("timeout 1m30s", "health_check_cooldown 1d", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","timeout":"1m30s","health_check_cooldown":"24h0m0s","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "sub-second duration",
+		input: inApp("timeout 250ms", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","timeout":"250ms","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "health_uri with a query",
+		input: inApp("health_uri /status?full=1", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","health_uri":"/status?full=1","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "empty block after an option is harmless",
+		input: inApp("strategy round_robin {", "}", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","strategy":"round_robin","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+
+	// The shorthand form: one catch-all app.
+	{
+		name:  "shorthand: instances as arguments",
+		input: `load_balancer http://127.0.0.1:7081 127.0.0.1:7082`,
+		want:  `{"apps":[{"instances":[{"url":"http://127.0.0.1:7081"},{"url":"127.0.0.1:7082"}]}]}`,
+	},
+	{
+		name: "shorthand: arguments and options",
+		input: `load_balancer http://127.0.0.1:7081 http://127.0.0.1:7082 {
+	strategy least_connections
+	health_uri /healthz
+	timeout 5s
+	health_check_cooldown 2s
+}`,
+		want: `{"apps":[{"strategy":"least_connections","health_uri":"/healthz","timeout":"5s","health_check_cooldown":"2s",
+			"instances":[{"url":"http://127.0.0.1:7081"},{"url":"http://127.0.0.1:7082"}]}]}`,
+	},
+	{
+		name: "shorthand: instances lines append to the arguments",
+		input: `load_balancer 127.0.0.1:1 {
+	instances 127.0.0.1:2 127.0.0.1:3
+	strategy round_robin
+	instances 127.0.0.1:4
+}`,
+		want: `{"apps":[{"strategy":"round_robin",
+			"instances":[{"url":"127.0.0.1:1"},{"url":"127.0.0.1:2"},{"url":"127.0.0.1:3"},{"url":"127.0.0.1:4"}]}]}`,
+	},
+	{
+		name: "shorthand: block only",
+		input: `load_balancer {
+	timeout 3s
+	instances 127.0.0.1:1
+}`,
+		want: `{"apps":[{"timeout":"3s","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+
+	// Errors in options.
+	{
+		name:    "unknown subdirective in an app",
+		input:   inApp("instances 127.0.0.1:1", "retries 3"),
+		wantErr: []string{`app "a.example.com": unrecognized subdirective "retries"`, "strategy, health_uri"},
+		line:    4,
+	},
+	{
+		name:    "unknown subdirective in the shorthand",
+		input:   "load_balancer 127.0.0.1:1 {\n\tretries 3\n}",
+		wantErr: []string{`app "*": unrecognized subdirective "retries" (want one of strategy,`},
+		line:    2,
+	},
+	{
+		name:    "unknown subdirective before any app",
+		input:   "load_balancer {\n\tapps a.example.com {\n\t}\n}",
+		wantErr: []string{`load_balancer: unrecognized subdirective "apps" (want app or one of`},
+		line:    2,
+	},
+	{
+		name:    "app inside an app",
+		input:   inApp("app b.example.com {", "}"),
+		wantErr: []string{`app "a.example.com": unrecognized subdirective "app"`},
+		line:    3,
+	},
+	{
+		name:    "strategy without argument",
+		input:   inApp("strategy"),
+		wantErr: []string{`app "a.example.com": strategy: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "strategy with two arguments",
+		input:   inApp("strategy round_robin least_connections"),
+		wantErr: []string{`app "a.example.com": strategy: want 1 argument, got 2: ["round_robin" "least_connections"]`},
+		line:    3,
+	},
+	{
+		name:    "unknown strategy",
+		input:   inApp("strategy random"),
+		wantErr: []string{`app "a.example.com": strategy: unknown strategy "random"`, "least_connections"},
+		line:    3,
+		is:      caddylb.ErrUnknownStrategy,
+	},
+	{
+		name:    "health_uri without argument",
+		input:   inApp("instances 127.0.0.1:1", "health_uri"),
+		wantErr: []string{`app "a.example.com": health_uri: want 1 argument, got none`},
+		line:    4,
+	},
+	{
+		name:    "health_uri without a leading slash",
+		input:   inApp("health_uri health"),
+		wantErr: []string{`app "a.example.com": health_uri: health_uri must start with '/', got "health"`},
+		line:    3,
+		is:      caddylb.ErrInvalidHealthURI,
+	},
+	{
+		name:    "timeout without argument",
+		input:   inApp("timeout"),
+		wantErr: []string{`app "a.example.com": timeout: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "timeout not a duration",
+		input:   inApp("timeout soon"),
+		wantErr: []string{`app "a.example.com": timeout: bad duration value "soon": time: invalid duration`},
+		line:    3,
+	},
+	{
+		name:    "timeout without unit",
+		input:   inApp("timeout 10"),
+		wantErr: []string{`app "a.example.com": timeout: bad duration value "10": time: missing unit`},
+		line:    3,
+	},
+	{
+		name:    "timeout with bad days",
+		input:   inApp("timeout xd"),
+		wantErr: []string{`app "a.example.com": timeout: bad duration value "xd"`},
+		line:    3,
+	},
+	{
+		name:    "timeout zero",
+		input:   inApp("timeout 0s"),
+		wantErr: []string{`app "a.example.com": timeout: duration must be positive, got "0s"`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "timeout negative",
+		input:   inApp("timeout -5s"),
+		wantErr: []string{`app "a.example.com": timeout: duration must be positive, got "-5s"`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "health_check_cooldown without argument",
+		input:   inApp("health_check_cooldown"),
+		wantErr: []string{`app "a.example.com": health_check_cooldown: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "health_check_cooldown not a duration",
+		input:   inApp("health_check_cooldown 5x"),
+		wantErr: []string{`app "a.example.com": health_check_cooldown: bad duration value "5x"`},
+		line:    3,
+	},
+	{
+		name:    "health_check_cooldown zero",
+		input:   inApp("health_check_cooldown 0"),
+		wantErr: []string{`app "a.example.com": health_check_cooldown: duration must be positive, got "0"`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "health_check_cooldown negative",
+		input:   inApp("health_check_cooldown -1m"),
+		wantErr: []string{`app "a.example.com": health_check_cooldown: duration must be positive`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "shorthand: bad duration names the catch-all",
+		input:   "load_balancer 127.0.0.1:1 {\n\ttimeout 0s\n}",
+		wantErr: []string{`app "*": timeout: duration must be positive`},
+		line:    2,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "instances without argument",
+		input:   inApp("instances 127.0.0.1:1", "instances"),
+		wantErr: []string{`app "a.example.com": instances: want one or more URLs`},
+		line:    4,
+	},
+	{
+		name:    "shorthand: instances without argument",
+		input:   "load_balancer {\n\tinstances\n}",
+		wantErr: []string{`app "*": instances: want one or more URLs`},
+		line:    2,
+	},
+	{
+		name:    "instance with a bad scheme",
+		input:   inApp("instances 127.0.0.1:1 ftp://127.0.0.1:2"),
+		wantErr: []string{`app "a.example.com": instances: scheme must be http or https, got "ftp"`},
+		line:    3,
+		is:      caddylb.ErrInvalidScheme,
+	},
+	{
+		name:    "instance without a host",
+		input:   inApp("instances http://"),
+		wantErr: []string{`app "a.example.com": instances: URL has no host`},
+		line:    3,
+		is:      caddylb.ErrMissingHost,
+	},
+	{
+		name:    "instance with a bad port",
+		input:   "load_balancer 127.0.0.1:99999",
+		wantErr: []string{`app "*": instances: invalid URL "127.0.0.1:99999"`},
+		line:    1,
+		is:      caddylb.ErrInvalidURL,
+	},
+	{
+		name:    "option with a block",
+		input:   inApp("instances 127.0.0.1:1 {", "127.0.0.1:2", "}"),
+		wantErr: []string{`app "a.example.com": instances: unexpected block`},
+		line:    3,
+	},
+
+	// Options given twice.
+	{
+		name:    "strategy twice",
+		input:   inApp("strategy round_robin", "instances 127.0.0.1:1", "strategy least_connections"),
+		wantErr: []string{`app "a.example.com": strategy already specified`},
+		line:    5,
+	},
+	{
+		name:    "health_uri twice",
+		input:   inApp("health_uri /a", "health_uri /a"),
+		wantErr: []string{`app "a.example.com": health_uri already specified`},
+		line:    4,
+	},
+	{
+		name:    "timeout twice",
+		input:   inApp("timeout 1s", "timeout 2s"),
+		wantErr: []string{`app "a.example.com": timeout already specified`},
+		line:    4,
+	},
+	{
+		name:    "health_check_cooldown twice",
+		input:   inApp("health_check_cooldown 1s", "health_check_cooldown 1s"),
+		wantErr: []string{`app "a.example.com": health_check_cooldown already specified`},
+		line:    4,
+	},
+	{
+		name:    "shorthand: option twice",
+		input:   "load_balancer 127.0.0.1:1 {\n\tstrategy round_robin\n\tstrategy round_robin\n}",
+		wantErr: []string{`app "*": strategy already specified`},
+		line:    3,
+	},
+
+	// app blocks.
+	{
+		name:    "app without host",
+		input:   "load_balancer {\n\tapp {\n\t\tinstances 127.0.0.1:1\n\t}\n}",
+		wantErr: []string{`app: want one host (a host name, *.domain or *), got none`},
+		line:    2,
+	},
+	{
+		name:    "app with two hosts",
+		input:   "load_balancer {\n\tapp a.example.com b.example.com {\n\t\tinstances 127.0.0.1:1\n\t}\n}",
+		wantErr: []string{`app: want one host`, `got 2: ["a.example.com" "b.example.com"]`},
+		line:    2,
+	},
+	{
+		name:    "app host with a port",
+		input:   "load_balancer {\n\tapp a.example.com:8080 {\n\t\tinstances 127.0.0.1:1\n\t}\n}",
+		wantErr: []string{`app "a.example.com:8080": host: invalid host`},
+		line:    2,
+		is:      caddylb.ErrInvalidHost,
+	},
+	{
+		name:    "two apps with one host",
+		input:   "load_balancer {\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp A.example.com. {\n\t\tinstances 127.0.0.1:2\n\t}\n}",
+		wantErr: []string{`app "A.example.com.": host: duplicate app host: the app at Testfile:2 already serves it`},
+		line:    5,
+		is:      caddylb.ErrDuplicateHost,
+	},
+	{
+		name:    "two catch-all apps",
+		input:   "load_balancer {\n\tapp * {\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp \"\" {\n\t\tinstances 127.0.0.1:2\n\t}\n}",
+		wantErr: []string{`app "*": host: duplicate app host: the app at Testfile:2 already serves it`},
+		line:    5,
+		is:      caddylb.ErrDuplicateHost,
+	},
+
+	// Mixing the two forms.
+	{
+		name:    "arguments, then an app block",
+		input:   "load_balancer 127.0.0.1:1 {\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:2\n\t}\n}",
+		wantErr: []string{`app "a.example.com": app blocks cannot be mixed with instances given as arguments of load_balancer`},
+		line:    2,
+	},
+	{
+		name:    "an option, then an app block",
+		input:   "load_balancer {\n\tstrategy round_robin\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:2\n\t}\n}",
+		wantErr: []string{`app "a.example.com": app blocks cannot be mixed with app options directly in the load_balancer block (strategy at Testfile:2)`},
+		line:    3,
+	},
+	{
+		name:    "an instances line, then an app block",
+		input:   "load_balancer {\n\tinstances 127.0.0.1:1\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:2\n\t}\n}",
+		wantErr: []string{`app "a.example.com": app blocks cannot be mixed with app options directly in the load_balancer block (instances at Testfile:2)`},
+		line:    3,
+	},
+	{
+		name:    "an app block, then an option",
+		input:   "load_balancer {\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:2\n\t}\n\ttimeout 5s\n}",
+		wantErr: []string{`load_balancer: timeout: app options cannot be mixed with app blocks (first: app "a.example.com" at Testfile:2); move it into an app block`},
+		line:    5,
+	},
+	{
+		name:    "an app block, then an instances line",
+		input:   "load_balancer {\n\tapp * {\n\t\tinstances 127.0.0.1:2\n\t}\n\tinstances 127.0.0.1:3\n}",
+		wantErr: []string{`load_balancer: instances: app options cannot be mixed with app blocks (first: app "*" at Testfile:2)`},
+		line:    5,
+	},
+
+	// Nothing to balance over: Provision would refuse it, this says where.
+	{
+		name:    "no apps",
+		input:   "load_balancer",
+		wantErr: []string{"load_balancer: no apps configured"},
+		line:    1,
+		is:      caddylb.ErrNoApps,
+	},
+	{
+		name:    "no apps, empty block",
+		input:   "load_balancer {\n}",
+		wantErr: []string{"load_balancer: no apps configured"},
+		line:    1,
+		is:      caddylb.ErrNoApps,
+	},
+	{
+		name:    "app without instances",
+		input:   "load_balancer {\n\tapp a.example.com {\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp b.example.com {\n\t\tstrategy round_robin\n\t}\n}",
+		wantErr: []string{`app "b.example.com": instances: no instances`},
+		line:    5,
+		is:      caddylb.ErrNoInstances,
+	},
+	{
+		name:    "app with an empty block",
+		input:   "load_balancer {\n\tapp a.example.com {\n\t}\n}",
+		wantErr: []string{`app "a.example.com": instances: no instances`},
+		line:    2,
+		is:      caddylb.ErrNoInstances,
+	},
+	{
+		name:    "app without a block",
+		input:   "load_balancer {\n\tapp a.example.com\n}",
+		wantErr: []string{`app "a.example.com": instances: no instances`},
+		line:    2,
+		is:      caddylb.ErrNoInstances,
+	},
+	{
+		name:    "shorthand: options but no instances",
+		input:   "load_balancer {\n\tstrategy round_robin\n}",
+		wantErr: []string{`app "*": instances: no instances: give them as arguments of load_balancer or on an instances line`},
+		line:    1,
+		is:      caddylb.ErrNoInstances,
+	},
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range unmarshalCases {
+		t.Run(tc.name, func(t *testing.T) {
+			var h caddylb.Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("no error; want one containing %q; got handler %s", tc.wantErr, jsonOf(t, &h))
+				}
+				t.Logf("error: %v", err)
+				for _, want := range tc.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q does not contain %q", err, want)
+					}
+				}
+				if at := fmt.Sprintf(", at Testfile:%d", tc.line); !strings.HasSuffix(err.Error(), at) {
+					t.Errorf("error %q does not end with %q", err, at)
+				}
+				if tc.is != nil && !errors.Is(err, tc.is) {
+					t.Errorf("error %q does not wrap %q", err, tc.is)
+				}
+				return
+			}
+
+			if err != nil {
+				t.Fatalf("error: %v", err)
+			}
+			got := jsonOf(t, &h)
+			if want := tidyJSON(t, []byte(tc.want)); got != want {
+				t.Errorf("handler:\n%s\nwant:\n%s", got, want)
+			}
+
+			// What the Caddyfile gives must survive the trip through JSON
+			// that Caddy makes it take, and be a config Provision accepts.
+			var reloaded caddylb.Handler
+			if err := json.Unmarshal([]byte(got), &reloaded); err != nil {
+				t.Fatalf("unmarshal the handler's JSON: %v", err)
+			}
+			if again := jsonOf(t, &reloaded); again != got {
+				t.Errorf("JSON round trip changed the handler:\n%s\nwant:\n%s", again, got)
+			}
+			// No health checks: they would probe the instances and log.
+			for _, app := range reloaded.Apps {
+				app.HealthURI = ""
+			}
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			if err := reloaded.Provision(ctx); err != nil {
+				t.Errorf("Provision refuses what the Caddyfile gave: %v", err)
+			}
+			cancel()
+			if err := reloaded.Cleanup(); err != nil {
+				t.Errorf("Cleanup: %v", err)
+			}
+		})
+	}
+}
+
+// FuzzUnmarshalCaddyfile checks that no input makes UnmarshalCaddyfile
+// panic, that every error it returns points at a line, and that whatever it
+// accepts is a handler with apps and instances that survives JSON.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	for _, tc := range unmarshalCases {
+		f.Add(tc.input)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		// Not NewTestDispenser: it exits the process on a lexer error.
+		tokens, err := caddyfile.Tokenize([]byte(input), "Fuzzfile")
+		if err != nil || len(tokens) == 0 {
+			return
+		}
+		var h caddylb.Handler
+		err = h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+		if err != nil {
+			msg := err.Error()
+			if !strings.Contains(msg, ", at Fuzzfile:") {
+				t.Fatalf("error without file:line: %v", err)
+			}
+			if !strings.HasPrefix(msg, "app ") && !strings.HasPrefix(msg, "app: ") && !strings.HasPrefix(msg, "load_balancer: ") {
+				t.Fatalf("error names neither an app nor load_balancer: %v", err)
+			}
+			return
+		}
+		if len(h.Apps) == 0 {
+			t.Fatal("no error, but no apps")
+		}
+		for _, app := range h.Apps {
+			if len(app.Instances) == 0 {
+				t.Fatalf("no error, but app %q has no instances", app.Host)
+			}
+		}
+		got := jsonOf(t, &h)
+		var reloaded caddylb.Handler
+		if err := json.Unmarshal([]byte(got), &reloaded); err != nil {
+			t.Fatalf("unmarshal %s: %v", got, err)
+		}
+		if again := jsonOf(t, &reloaded); again != got {
+			t.Fatalf("JSON round trip changed the handler:\n%s\nwant:\n%s", again, got)
+		}
+	})
+}
+
+// jsonOf returns v as indented JSON.
+func jsonOf(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return tidyJSON(t, b)
+}
+
+// tidyJSON indents b with tabs and sorts its object keys, so that two
+// equal values compare equal as strings and differ readably.
+func tidyJSON(t testing.TB, b []byte) string {
+	t.Helper()
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("invalid JSON: %v\n%s", err, b)
+	}
+	out, err := json.MarshalIndent(v, "", "\t")
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return string(out)
+}
