@@ -2,8 +2,6 @@ package caddylb
 
 import (
 	"fmt"
-	"net/url"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -293,13 +291,9 @@ func setStrategy(app *App, name string) error {
 	return nil
 }
 
-// setHealthURI applies Provision's checks of health_uri.
 func setHealthURI(app *App, uri string) error {
-	if !strings.HasPrefix(uri, "/") {
-		return fmt.Errorf("%w, got %q", ErrInvalidHealthURI, uri)
-	}
-	if _, err := url.Parse(uri); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidHealthURI, err)
+	if _, err := parseHealthURI(uri); err != nil {
+		return err
 	}
 	app.HealthURI = uri
 	return nil

@@ -98,6 +98,11 @@ var unmarshalCases = []unmarshalCase{
 		want:  `{"apps":[{"host":"a.example.com","timeout":"250ms","instances":[{"url":"127.0.0.1:1"}]}]}`,
 	},
 	{
+		name:  "instance without scheme but with a URL in its query",
+		input: inApp("instances 127.0.0.1:8080/?next=http://x"),
+		want:  `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:8080/?next=http://x"}]}]}`,
+	},
+	{
 		name:  "health_uri with a query",
 		input: inApp("health_uri /status?full=1", "instances 127.0.0.1:1"),
 		want:  `{"apps":[{"host":"a.example.com","health_uri":"/status?full=1","instances":[{"url":"127.0.0.1:1"}]}]}`,
@@ -197,9 +202,23 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "health_uri without a leading slash",
 		input:   inApp("health_uri health"),
-		wantErr: []string{`app "a.example.com": health_uri: health_uri must start with '/', got "health"`},
+		wantErr: []string{`app "a.example.com": health_uri: health_uri must be a path starting with '/', got "health"`},
 		line:    3,
 		is:      caddylb.ErrInvalidHealthURI,
+	},
+	{
+		name:    "health_uri that parses as a host",
+		input:   inApp("health_uri //health"),
+		wantErr: []string{`app "a.example.com": health_uri: health_uri must be a path starting with '/', got "//health"`},
+		line:    3,
+		is:      caddylb.ErrInvalidHealthURI,
+	},
+	{
+		name:    "instance on port 0",
+		input:   inApp("instances 127.0.0.1:0"),
+		wantErr: []string{`app "a.example.com": instances: invalid URL "127.0.0.1:0": bad port "0"`},
+		line:    3,
+		is:      caddylb.ErrInvalidURL,
 	},
 	{
 		name:    "timeout without argument",

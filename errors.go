@@ -28,8 +28,8 @@ var (
 	ErrUnknownStrategy = strategy.ErrUnknown
 	// ErrInvalidDuration: a zero or negative duration.
 	ErrInvalidDuration = errors.New("duration must be positive")
-	// ErrInvalidHealthURI: a health_uri that does not start with '/'.
-	ErrInvalidHealthURI = errors.New("health_uri must start with '/'")
+	// ErrInvalidHealthURI: a health_uri that is not a path starting with '/'.
+	ErrInvalidHealthURI = errors.New("health_uri must be a path starting with '/'")
 
 	// ErrNoApp: no app matches the request's host (HTTP 404).
 	ErrNoApp = errors.New("no app for host")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -414,6 +415,55 @@ http://:{port} {
 			}
 			if after := checkerGoroutines(); after != before {
 				t.Fatalf("health checkers: %d before the failed load, %d after", before, after)
+			}
+		})
+	}
+}
+
+// TestHealthProbeURL checks the probe goes to the instance URL's base path
+// joined with health_uri, encoding and query kept, and that the instance
+// counts as healthy only on 2xx (redirects are not followed).
+func TestHealthProbeURL(t *testing.T) {
+	tests := []struct {
+		name        string
+		status      int
+		wantHealthy bool
+	}{
+		{"2xx", 204, true},
+		{"redirect", 302, false},
+		{"5xx", 500, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			probed := make(chan string, 1)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case probed <- r.RequestURI:
+				default:
+				}
+				if tt.status == 302 {
+					http.Redirect(w, r, "/ok", tt.status)
+					return
+				}
+				w.WriteHeader(tt.status)
+			}))
+			t.Cleanup(srv.Close)
+			s := newSite(t)
+			s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer %s/base/ {
+		health_uri /status%%2Fall?full=1
+		health_check_cooldown 1h
+	}
+}`, srv.URL))
+			if got := <-probed; got != "/base/status%2Fall?full=1" {
+				t.Fatalf("probe asked for %q", got)
+			}
+			waitFor(t, "the check to be recorded", func() bool {
+				return fetchReport(t).Apps[0].Instances[0].LastChecked != nil
+			})
+			if got := fetchReport(t).Apps[0].Instances[0].Healthy; got != tt.wantHealthy {
+				t.Fatalf("healthy = %v, want %v", got, tt.wantHealthy)
 			}
 		})
 	}

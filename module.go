@@ -230,11 +230,8 @@ func (a *App) provision(logger *zap.Logger) error {
 	}
 	var healthURI *url.URL
 	if a.HealthURI != "" {
-		if !strings.HasPrefix(a.HealthURI, "/") {
-			return a.errorf("health_uri", fmt.Errorf("%w, got %q", ErrInvalidHealthURI, a.HealthURI))
-		}
-		if healthURI, err = url.Parse(a.HealthURI); err != nil {
-			return a.errorf("health_uri", fmt.Errorf("%w: %v", ErrInvalidHealthURI, err))
+		if healthURI, err = parseHealthURI(a.HealthURI); err != nil {
+			return a.errorf("health_uri", err)
 		}
 	}
 	if len(a.Instances) == 0 {
@@ -260,7 +257,8 @@ func (a *App) provision(logger *zap.Logger) error {
 		a.proxies[in] = newProxy(u, a.transport, errorLog)
 		if healthURI != nil {
 			probe := *u
-			probe.Path, probe.RawPath = joinPath(u.Path, healthURI.Path), ""
+			probe.Path = joinPath(u.Path, healthURI.Path)
+			probe.RawPath = joinPath(u.EscapedPath(), healthURI.EscapedPath())
 			probe.RawQuery = healthURI.RawQuery
 			targets = append(targets, health.Target{Instance: in, URL: probe.String()})
 		}
@@ -297,11 +295,25 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	return proxy(a.proxies[in], in, w, r)
 }
 
+// parseHealthURI checks a health_uri: a path starting with "/", with an
+// optional query.
+func parseHealthURI(uri string) (*url.URL, error) {
+	// "//x" would parse as a host, not a path.
+	if !strings.HasPrefix(uri, "/") || strings.HasPrefix(uri, "//") {
+		return nil, fmt.Errorf("%w, got %q", ErrInvalidHealthURI, uri)
+	}
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidHealthURI, err)
+	}
+	return u, nil
+}
+
 // parseInstanceURL parses and checks an instance URL; one without a scheme
 // means http.
 func parseInstanceURL(raw string) (*url.URL, error) {
 	s := strings.TrimSpace(raw)
-	if !strings.Contains(s, "://") {
+	if i := strings.Index(s, "://"); i < 0 || strings.ContainsAny(s[:i], "/?#:@") {
 		s = "http://" + s
 	}
 	u, err := url.Parse(s)
@@ -315,7 +327,7 @@ func parseInstanceURL(raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w: %q", ErrMissingHost, raw)
 	}
 	if port := u.Port(); port != "" {
-		if _, err := net.LookupPort("tcp", port); err != nil {
+		if n, err := net.LookupPort("tcp", port); err != nil || n == 0 {
 			return nil, fmt.Errorf("%w %q: bad port %q", ErrInvalidURL, raw, port)
 		}
 	}
