@@ -79,6 +79,10 @@ func newProxy(target *url.URL, transport http.RoundTripper, errorLog *log.Logger
 			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
+			// The server fills in request trailers as the body reaches its
+			// end; the outbound request's copy of the map, made before,
+			// would stay empty. Sharing the map sends them on.
+			pr.Out.Trailer = pr.In.Trailer
 			setForwarded(pr)
 			if hasAuth && pr.Out.Header.Get("Authorization") == "" {
 				pr.Out.SetBasicAuth(user, pass)

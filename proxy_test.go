@@ -173,6 +173,25 @@ http://:{port} {
 		}
 	})
 
+	t.Run("request trailers reach the backend", func(t *testing.T) {
+		b.handle(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %s", body, r.Trailer.Get("X-Sum"))
+		})
+		req, _ := http.NewRequest(http.MethodPost, s.url("/"), io.MultiReader(strings.NewReader("data")))
+		req.Host = "x.test"
+		req.ContentLength = -1
+		req.Trailer = http.Header{"X-Sum": {"42"}}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if body, _ := io.ReadAll(resp.Body); string(body) != "data 42" {
+			t.Fatalf("backend saw %q, want body and trailer %q", body, "data 42")
+		}
+	})
+
 	t.Run("bodies streamed both ways", func(t *testing.T) {
 		b.handle(func(w http.ResponseWriter, r *http.Request) {
 			h := sha256.New()
