@@ -267,6 +267,9 @@ http://:{port} {
 	}
 	s.load(cfg(0))
 	base := checkerGoroutines()
+	s.get("x.test", "/")
+	client.CloseIdleConnections()
+	baseAll := goroutinesSettled()
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -316,6 +319,33 @@ http://:{port} {
 	if base != 1 {
 		t.Fatalf("%d health checker goroutines for one app", base)
 	}
+	// Nothing else may be left behind either: backend connections of
+	// unloaded configs are closed, including those given back by requests
+	// that finished after their config's Cleanup.
+	client.CloseIdleConnections()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > baseAll && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > baseAll {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after 20 reloads, %d before:\n%s", n, baseAll, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// goroutinesSettled returns the goroutine count once it has not changed
+// for a moment, so a baseline is not taken while connections close.
+func goroutinesSettled() int {
+	n := runtime.NumGoroutine()
+	for range 50 {
+		time.Sleep(10 * time.Millisecond)
+		if m := runtime.NumGoroutine(); m == n {
+			return n
+		} else {
+			n = m
+		}
+	}
+	return n
 }
 
 // isConnReset reports whether err is a connection closed or reset by the

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -93,6 +94,7 @@ type App struct {
 	proxies   map[*backend.Instance]*httputil.ReverseProxy
 	transport *http.Transport
 	checker   *health.Checker
+	retired   atomic.Bool // set by Cleanup
 }
 
 // InstanceConfig is one backend instance of an app.
@@ -159,6 +161,7 @@ func (h *Handler) Cleanup() error {
 	h.checkers.Wait()
 	for _, app := range h.Apps {
 		if app != nil && app.transport != nil {
+			app.retired.Store(true)
 			app.transport.CloseIdleConnections()
 		}
 		if app != nil && app.checker != nil {
@@ -291,8 +294,18 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 			fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
 	}
 	in.Acquire()
-	defer in.Release() // also when the proxy aborts the response with a panic
+	defer a.done(in) // also when the proxy aborts the response with a panic
 	return proxy(a.proxies[in], in, w, r)
+}
+
+// done ends a request to in.
+func (a *App) done(in *backend.Instance) {
+	in.Release()
+	if a.retired.Load() {
+		// Caddy finishes the requests of an unloaded config on it, after
+		// Cleanup: the connection this one gave back must not linger.
+		a.transport.CloseIdleConnections()
+	}
 }
 
 // parseHealthURI checks a health_uri: a path starting with "/", with an
