@@ -48,7 +48,7 @@ func TestCLIRefusesBadConfig(t *testing.T) {
 		adaptFail bool   // caught by the Caddyfile parser already
 		want      []string
 	}{
-		{"unknown subdirective", "instances 127.0.0.1:1\nweight 5", true, []string{"Caddyfile:", "weight"}},
+		{"unknown subdirective", "instances 127.0.0.1:1\nbogus 5", true, []string{"Caddyfile:", "bogus"}},
 		{"unparsable duration", "timeout soon\ninstances 127.0.0.1:1", true, []string{"Caddyfile:", "timeout", "soon"}},
 		{"zero duration", "health_check_cooldown 0s\ninstances 127.0.0.1:1", true, []string{"Caddyfile:", "health_check_cooldown"}},
 		{"bad scheme", "instances ftp://127.0.0.1:21", true, []string{"Caddyfile:", `app "api.test"`, "instances", "scheme"}},

@@ -35,7 +35,7 @@ func TestExamples(t *testing.T) {
 	// Run the demo on free ports.
 	s := newSite(t)
 	replacer := strings.NewReplacer(
-		`"localhost:2019"`, fmt.Sprintf("%q", adminAddr),
+		`"listen": "localhost:2019"`, fmt.Sprintf(`"listen": %q, "config": {"persist": false}`, adminAddr),
 		"127.0.0.1:8080", fmt.Sprintf("127.0.0.1:%d", s.port),
 	)
 	cfg := replacer.Replace(string(caddyJSON))
