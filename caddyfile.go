@@ -1,13 +1,17 @@
 package caddylb
 
 import (
+	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/strategy"
 )
 
@@ -26,10 +30,15 @@ func init() {
 //	load_balancer [<matcher>] {
 //	    app <host> {
 //	        strategy              <name>
+//	        hash_key              client_ip|header:<name>|cookie:<name>|query:<name>|uri
+//	        latency_decay         <duration>
+//	        sticky_cookie         <name>
+//	        sticky_cookie_secret  <secret>
 //	        health_uri            <path>
 //	        timeout               <duration>
 //	        health_check_cooldown <duration>
 //	        instances             <urls...>
+//	        instance              <url> [weight <n>]
 //	    }
 //	    app ...
 //	}
@@ -41,9 +50,11 @@ func init() {
 //	}
 //
 // <host> is a host name, a one-label wildcard (*.example.com) or * for
-// every host no other app claims. instances may be repeated: each line adds
-// to the app's instances. The two forms do not mix: once there is an app
-// block, instances and options go in app blocks only.
+// every host no other app claims. instances and instance may be repeated:
+// each line adds to the app's instances, in the order of the lines;
+// instance gives one URL and optionally its weight. The two forms do not
+// mix: once there is an app block, instances and options go in app blocks
+// only.
 //
 // Instance URLs are kept as written; Provision normalizes them. Everything
 // Provision would reject is rejected here too, so that the error points at
@@ -73,16 +84,22 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 }
 
 // appOptions sets an app's single-valued options from their one argument.
-// instances is handled apart: it takes many arguments and may repeat.
+// instances and instance are handled apart: they take more arguments and
+// may repeat.
 var appOptions = map[string]func(app *App, arg string) error{
 	"strategy":              setStrategy,
 	"health_uri":            setHealthURI,
 	"timeout":               setTimeout,
 	"health_check_cooldown": setHealthCheckCooldown,
+	"hash_key":              setHashKey,
+	"latency_decay":         setLatencyDecay,
+	"sticky_cookie":         setStickyCookie,
+	"sticky_cookie_secret":  setStickyCookieSecret,
 }
 
 // appOptionNames lists the options of an app for error messages.
-const appOptionNames = "strategy, health_uri, timeout, health_check_cooldown, instances"
+const appOptionNames = "strategy, health_uri, timeout, health_check_cooldown, instances, instance, " +
+	"hash_key, latency_decay, sticky_cookie, sticky_cookie_secret"
 
 // caddyfileParser reads one load_balancer directive.
 type caddyfileParser struct {
@@ -102,9 +119,9 @@ type caddyfileParser struct {
 // appParser is an app while its options are read.
 type appParser struct {
 	app  *App
-	name string          // for messages, as Provision names it: the host, or "*"
-	tok  caddyfile.Token // where the app begins, for errors found only at its end
-	seen map[string]bool // single-valued options given so far
+	name string                     // for messages, as Provision names it: the host, or "*"
+	tok  caddyfile.Token            // where the app begins, for errors found only at its end
+	seen map[string]caddyfile.Token // single-valued options given so far, at their lines
 }
 
 // parse reads the directive's arguments and block.
@@ -183,18 +200,23 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 	d := p.d
 	opt := d.Val()
 	args := d.RemainingArgs()
-	if opt == "instances" {
+	switch opt {
+	case "instances":
 		if len(args) == 0 {
 			return p.errf(a, "instances: want one or more URLs")
 		}
 		if err := p.addInstances(a, args); err != nil {
 			return err
 		}
-	} else {
-		if a.seen[opt] {
+	case "instance":
+		if err := p.addInstance(a, args); err != nil {
+			return err
+		}
+	default:
+		if _, dup := a.seen[opt]; dup {
 			return p.errf(a, "%s already specified", opt)
 		}
-		a.seen[opt] = true
+		a.seen[opt] = d.Token()
 		if len(args) != 1 {
 			return p.errf(a, "%s: want 1 argument, got %s", opt, countArgs(args))
 		}
@@ -222,6 +244,27 @@ func (p *caddyfileParser) addInstances(a *appParser, urls []string) error {
 	return nil
 }
 
+// addInstance appends the instance of an instance line: a URL, and
+// optionally "weight <n>".
+func (p *caddyfileParser) addInstance(a *appParser, args []string) error {
+	if len(args) != 1 && (len(args) != 3 || args[1] != "weight") {
+		return p.errf(a, "instance: want a URL, optionally followed by weight <n>, got %s", countArgs(args))
+	}
+	if _, err := parseInstanceURL(args[0]); err != nil {
+		return p.errf(a, "instance: %w", err)
+	}
+	ic := &InstanceConfig{URL: args[0]}
+	if len(args) == 3 {
+		w, err := strconv.Atoi(args[2])
+		if err != nil || w < 0 || w > backend.MaxWeight {
+			return p.errf(a, "instance: weight: %w: want an integer from 0 to %d, got %q", ErrInvalidWeight, backend.MaxWeight, args[2])
+		}
+		ic.Weight = &w
+	}
+	a.app.Instances = append(a.app.Instances, ic)
+	return nil
+}
+
 // finish checks what can only be checked once the whole directive is read.
 // Provision would refuse these too, but without a line to point at.
 func (p *caddyfileParser) finish() error {
@@ -236,6 +279,36 @@ func (p *caddyfileParser) finish() error {
 			}
 			return errAt(a.tok, fmt.Errorf("app %q: instances: %w: %s", a.name, ErrNoInstances, hint))
 		}
+		if err := p.checkOptions(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkOptions refuses options that do not go with the app's strategy or
+// with each other, at the line of the option at fault.
+func (p *caddyfileParser) checkOptions(a *appParser) error {
+	name := a.app.Strategy
+	if name == "" {
+		name = strategy.Default
+	}
+	opts := strategy.Options{HashKey: a.app.HashKey}
+	if a.app.LatencyDecay != nil {
+		opts.LatencyDecay = time.Duration(*a.app.LatencyDecay)
+	}
+	if _, err := strategy.NewWithOptions(name, opts); err != nil {
+		tok := a.tok
+		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
+			if t, seen := a.seen[oe.Option]; seen {
+				tok = t
+			}
+		}
+		return errAt(tok, fmt.Errorf("app %q: %w", a.name, err))
+	}
+	if a.app.StickyCookieSecret != "" && a.app.StickyCookie == "" {
+		return errAt(a.seen["sticky_cookie_secret"], fmt.Errorf("app %q: sticky_cookie_secret: %w: it signs the sticky_cookie, which is not set",
+			a.name, ErrInapplicableOption))
 	}
 	return nil
 }
@@ -249,7 +322,7 @@ func (p *caddyfileParser) startCatchAll(from string) {
 
 // newApp adds an app with a checked host whose normalized form is pattern.
 func (p *caddyfileParser) newApp(host, pattern string, tok caddyfile.Token) *appParser {
-	a := &appParser{app: &App{Host: host}, name: host, tok: tok, seen: make(map[string]bool)}
+	a := &appParser{app: &App{Host: host}, name: host, tok: tok, seen: make(map[string]caddyfile.Token)}
 	if pattern == "" {
 		a.name = "*"
 	}
@@ -280,7 +353,7 @@ func countArgs(args []string) string {
 
 func isAppOption(name string) bool {
 	_, ok := appOptions[name]
-	return ok || name == "instances"
+	return ok || name == "instances" || name == "instance"
 }
 
 func setStrategy(app *App, name string) error {
@@ -288,6 +361,35 @@ func setStrategy(app *App, name string) error {
 		return err
 	}
 	app.Strategy = name
+	return nil
+}
+
+func setHashKey(app *App, key string) error {
+	if _, err := strategy.NewWithOptions("hash", strategy.Options{HashKey: key}); err != nil {
+		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
+			return oe.Err
+		}
+		return err
+	}
+	app.HashKey = key
+	return nil
+}
+
+func setLatencyDecay(app *App, s string) (err error) {
+	app.LatencyDecay, err = parsePositiveDuration(s)
+	return err
+}
+
+func setStickyCookie(app *App, name string) error {
+	if !validCookieName(name) {
+		return fmt.Errorf("%w %q", ErrInvalidCookieName, name)
+	}
+	app.StickyCookie = name
+	return nil
+}
+
+func setStickyCookieSecret(app *App, secret string) error {
+	app.StickyCookieSecret = secret
 	return nil
 }
 

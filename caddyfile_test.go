@@ -113,6 +113,69 @@ var unmarshalCases = []unmarshalCase{
 		want:  `{"apps":[{"host":"a.example.com","strategy":"round_robin","instances":[{"url":"127.0.0.1:1"}]}]}`,
 	},
 
+	// Strategies, their options, weights.
+	{
+		name: "every strategy option, instance lines with weights in line order",
+		input: `load_balancer {
+	app api.example.com {
+		strategy hash
+		hash_key header:X-User
+		sticky_cookie lb
+		sticky_cookie_secret s3cret
+		instance http://127.0.0.1:8081 weight 5
+		instances http://127.0.0.1:8082 http://127.0.0.1:8083
+		instance http://127.0.0.1:8084
+		instance http://127.0.0.1:8085 weight 0
+	}
+	app lat.example.com {
+		strategy least_latency
+		latency_decay 5s
+		instance 127.0.0.1:9081 weight 2
+		instance 127.0.0.1:9082 weight 1
+	}
+}`,
+		want: `{"apps":[
+			{"host":"api.example.com","strategy":"hash","hash_key":"header:X-User","sticky_cookie":"lb","sticky_cookie_secret":"s3cret",
+			 "instances":[{"url":"http://127.0.0.1:8081","weight":5},{"url":"http://127.0.0.1:8082"},{"url":"http://127.0.0.1:8083"},
+			              {"url":"http://127.0.0.1:8084"},{"url":"http://127.0.0.1:8085","weight":0}]},
+			{"host":"lat.example.com","strategy":"least_latency","latency_decay":"5s",
+			 "instances":[{"url":"127.0.0.1:9081","weight":2},{"url":"127.0.0.1:9082","weight":1}]}]}`,
+	},
+	{
+		name:  "each strategy by name",
+		input: "load_balancer {\n\tapp a {\n\t\tstrategy p2c\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp b {\n\t\tstrategy random\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp c {\n\t\tstrategy first\n\t\tinstances 127.0.0.1:1\n\t}\n}",
+		want: `{"apps":[{"host":"a","strategy":"p2c","instances":[{"url":"127.0.0.1:1"}]},
+			{"host":"b","strategy":"random","instances":[{"url":"127.0.0.1:1"}]},
+			{"host":"c","strategy":"first","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "hash_key given before strategy",
+		input: inApp("hash_key cookie:session", "strategy hash", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","strategy":"hash","hash_key":"cookie:session","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "hash with each kind of key",
+		input: "load_balancer {\n\tapp a {\n\t\tstrategy hash\n\t\thash_key uri\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp b {\n\t\tstrategy hash\n\t\thash_key query:id\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp c {\n\t\tstrategy hash\n\t\thash_key client_ip\n\t\tinstances 127.0.0.1:1\n\t}\n}",
+		want: `{"apps":[{"host":"a","strategy":"hash","hash_key":"uri","instances":[{"url":"127.0.0.1:1"}]},
+			{"host":"b","strategy":"hash","hash_key":"query:id","instances":[{"url":"127.0.0.1:1"}]},
+			{"host":"c","strategy":"hash","hash_key":"client_ip","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "sticky_cookie with the default strategy",
+		input: inApp("sticky_cookie srv", "instances 127.0.0.1:1 127.0.0.1:2"),
+		want:  `{"apps":[{"host":"a.example.com","sticky_cookie":"srv","instances":[{"url":"127.0.0.1:1"},{"url":"127.0.0.1:2"}]}]}`,
+	},
+	{
+		name:  "shorthand: instance lines after arguments",
+		input: "load_balancer 127.0.0.1:1 {\n\tinstance 127.0.0.1:2 weight 3\n\tstrategy p2c\n}",
+		want:  `{"apps":[{"strategy":"p2c","instances":[{"url":"127.0.0.1:1"},{"url":"127.0.0.1:2","weight":3}]}]}`,
+	},
+	{
+		name:  "largest weight",
+		input: inApp("instance 127.0.0.1:1 weight 1000000"),
+		want:  `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:1","weight":1000000}]}]}`,
+	},
+
 	// The shorthand form: one catch-all app.
 	{
 		name:  "shorthand: instances as arguments",
@@ -188,8 +251,8 @@ var unmarshalCases = []unmarshalCase{
 	},
 	{
 		name:    "unknown strategy",
-		input:   inApp("strategy random"),
-		wantErr: []string{`app "a.example.com": strategy: unknown strategy "random"`, "least_connections"},
+		input:   inApp("strategy fastest"),
+		wantErr: []string{`app "a.example.com": strategy: unknown strategy "fastest"`, "least_connections", "least_latency", "p2c"},
 		line:    3,
 		is:      caddylb.ErrUnknownStrategy,
 	},
@@ -329,6 +392,134 @@ var unmarshalCases = []unmarshalCase{
 		input:   inApp("instances 127.0.0.1:1 {", "127.0.0.1:2", "}"),
 		wantErr: []string{`app "a.example.com": instances: unexpected block`},
 		line:    3,
+	},
+
+	// Errors in strategy options and weights.
+	{
+		name:    "instance without argument",
+		input:   inApp("instance"),
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got none`},
+		line:    3,
+	},
+	{
+		name:    "instance with two URLs",
+		input:   inApp("instance 127.0.0.1:1 127.0.0.1:2"),
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 2: ["127.0.0.1:1" "127.0.0.1:2"]`},
+		line:    3,
+	},
+	{
+		name:    "instance with weight but no number",
+		input:   inApp("instance 127.0.0.1:1 weight"),
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 2`},
+		line:    3,
+	},
+	{
+		name:    "instance with a misspelt weight",
+		input:   inApp("instance 127.0.0.1:1 wieght 2"),
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 3`},
+		line:    3,
+	},
+	{
+		name:    "negative weight",
+		input:   inApp("instances 127.0.0.1:1", "instance 127.0.0.1:2 weight -1"),
+		wantErr: []string{`app "a.example.com": instance: weight: invalid weight: want an integer from 0 to 1000000, got "-1"`},
+		line:    4,
+		is:      caddylb.ErrInvalidWeight,
+	},
+	{
+		name:    "weight too large",
+		input:   inApp("instance 127.0.0.1:2 weight 1000001"),
+		wantErr: []string{`app "a.example.com": instance: weight: invalid weight`, `got "1000001"`},
+		line:    3,
+		is:      caddylb.ErrInvalidWeight,
+	},
+	{
+		name:    "weight not a number",
+		input:   inApp("instance 127.0.0.1:2 weight 1.5"),
+		wantErr: []string{`app "a.example.com": instance: weight: invalid weight`, `got "1.5"`},
+		line:    3,
+		is:      caddylb.ErrInvalidWeight,
+	},
+	{
+		name:    "instance with a bad URL",
+		input:   inApp("instance ftp://127.0.0.1:2 weight 2"),
+		wantErr: []string{`app "a.example.com": instance: scheme must be http or https, got "ftp"`},
+		line:    3,
+		is:      caddylb.ErrInvalidScheme,
+	},
+	{
+		name:    "hash_key of an unknown kind",
+		input:   inApp("strategy hash", "hash_key ip"),
+		wantErr: []string{`app "a.example.com": hash_key: invalid hash_key "ip": unknown kind "ip"; want client_ip, header:NAME, cookie:NAME, query:NAME or uri`},
+		line:    4,
+		is:      caddylb.ErrInvalidHashKey,
+	},
+	{
+		name:    "hash_key header without a name",
+		input:   inApp("strategy hash", "hash_key header:"),
+		wantErr: []string{`app "a.example.com": hash_key: invalid hash_key "header:": no name after header:`},
+		line:    4,
+		is:      caddylb.ErrInvalidHashKey,
+	},
+	{
+		name:    "hash_key with another strategy points at hash_key",
+		input:   inApp("hash_key uri", "instances 127.0.0.1:1", "strategy p2c"),
+		wantErr: []string{`app "a.example.com": hash_key: option does not apply: strategy p2c does not use it (only hash does)`},
+		line:    3,
+		is:      caddylb.ErrInapplicableOption,
+	},
+	{
+		name:    "hash_key with the default strategy",
+		input:   "load_balancer 127.0.0.1:1 {\n\ttimeout 1s\n\thash_key uri\n}",
+		wantErr: []string{`app "*": hash_key: option does not apply: strategy round_robin does not use it`},
+		line:    3,
+		is:      caddylb.ErrInapplicableOption,
+	},
+	{
+		name:    "hash_key twice",
+		input:   inApp("hash_key uri", "hash_key uri"),
+		wantErr: []string{`app "a.example.com": hash_key already specified`},
+		line:    4,
+	},
+	{
+		name:    "latency_decay with another strategy",
+		input:   inApp("strategy least_connections", "instances 127.0.0.1:1", "latency_decay 1s"),
+		wantErr: []string{`app "a.example.com": latency_decay: option does not apply: strategy least_connections does not use it (only least_latency does)`},
+		line:    5,
+		is:      caddylb.ErrInapplicableOption,
+	},
+	{
+		name:    "latency_decay zero",
+		input:   inApp("strategy least_latency", "latency_decay 0s"),
+		wantErr: []string{`app "a.example.com": latency_decay: duration must be positive, got "0s"`},
+		line:    4,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "latency_decay not a duration",
+		input:   inApp("strategy least_latency", "latency_decay fast"),
+		wantErr: []string{`app "a.example.com": latency_decay: bad duration value "fast"`},
+		line:    4,
+	},
+	{
+		name:    "sticky_cookie not a cookie name",
+		input:   inApp(`sticky_cookie "a b"`),
+		wantErr: []string{`app "a.example.com": sticky_cookie: invalid cookie name "a b"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCookieName,
+	},
+	{
+		name:    "sticky_cookie without argument",
+		input:   inApp("sticky_cookie"),
+		wantErr: []string{`app "a.example.com": sticky_cookie: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "sticky_cookie_secret without sticky_cookie",
+		input:   inApp("instances 127.0.0.1:1", "sticky_cookie_secret s3cret"),
+		wantErr: []string{`app "a.example.com": sticky_cookie_secret: option does not apply: it signs the sticky_cookie, which is not set`},
+		line:    4,
+		is:      caddylb.ErrInapplicableOption,
 	},
 
 	// Options given twice.

@@ -30,6 +30,17 @@ var (
 	ErrInvalidDuration = errors.New("duration must be positive")
 	// ErrInvalidHealthURI: a health_uri that is not a path starting with '/'.
 	ErrInvalidHealthURI = errors.New("health_uri must be a path starting with '/'")
+	// ErrInvalidWeight: an instance weight below 0 or above
+	// backend.MaxWeight.
+	ErrInvalidWeight = errors.New("invalid weight")
+	// ErrInvalidHashKey: a hash_key that is none of client_ip,
+	// header:NAME, cookie:NAME, query:NAME and uri.
+	ErrInvalidHashKey = strategy.ErrInvalidHashKey
+	// ErrInvalidCookieName: a sticky_cookie that is not a cookie name.
+	ErrInvalidCookieName = errors.New("invalid cookie name")
+	// ErrInapplicableOption: an option that would do nothing with the
+	// app's other settings, such as hash_key without strategy hash.
+	ErrInapplicableOption = strategy.ErrInapplicableOption
 
 	// ErrNoApp: no app matches the request's host (HTTP 404).
 	ErrNoApp = errors.New("no app for host")

@@ -418,6 +418,14 @@ http://:{port} {
 		{"unparsable duration", `{"handler":"load_balancer","apps":[{"host":"a.test","timeout":"soon","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{"soon"}, nil},
 		{"second handler bad after first started checks", `{"handler":"load_balancer","apps":[{"host":"ok.test","health_uri":"/health","instances":[{"url":"127.0.0.1:1"}]}]},{"handler":"load_balancer","apps":[{"host":"b.test","instances":[{"url":"gopher://h"}]}]}`, []string{`app "b.test"`, "instances[0].url", "scheme"}, nil},
 		{"unknown field", `{"handler":"load_balancer","apps":[{"host":"a.test","weight":3,"instances":[{"url":"127.0.0.1:1"}]}]}`, []string{"weight"}, nil},
+		{"negative weight", `{"handler":"load_balancer","apps":[{"host":"x","instances":[{"url":"127.0.0.1:1"},{"url":"127.0.0.1:2"},{"url":"127.0.0.1:3","weight":-1}]}]}`, []string{`app "x": instances[2].weight: invalid weight: want an integer from 0 to 1000000, got -1`}, caddylb.ErrInvalidWeight},
+		{"weight too large", `{"handler":"load_balancer","apps":[{"host":"x","instances":[{"url":"127.0.0.1:1","weight":1000001}]}]}`, []string{`app "x": instances[0].weight`, "1000001"}, caddylb.ErrInvalidWeight},
+		{"hash_key without strategy hash", `{"handler":"load_balancer","apps":[{"host":"x","hash_key":"uri","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": hash_key: option does not apply: strategy round_robin does not use it (only hash does)`}, caddylb.ErrInapplicableOption},
+		{"bad hash_key", `{"handler":"load_balancer","apps":[{"host":"x","strategy":"hash","hash_key":"cookie:","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": hash_key: invalid hash_key "cookie:"`}, caddylb.ErrInvalidHashKey},
+		{"latency_decay without least_latency", `{"handler":"load_balancer","apps":[{"host":"x","strategy":"p2c","latency_decay":"1s","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": latency_decay: option does not apply`}, caddylb.ErrInapplicableOption},
+		{"zero latency_decay", `{"handler":"load_balancer","apps":[{"host":"x","strategy":"least_latency","latency_decay":0,"instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": latency_decay: duration must be positive`}, caddylb.ErrInvalidDuration},
+		{"bad sticky_cookie", `{"handler":"load_balancer","apps":[{"host":"x","sticky_cookie":"a;b","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": sticky_cookie: invalid cookie name "a;b"`}, caddylb.ErrInvalidCookieName},
+		{"sticky_cookie_secret alone", `{"handler":"load_balancer","apps":[{"host":"x","sticky_cookie_secret":"s","instances":[{"url":"127.0.0.1:1"}]}]}`, []string{`app "x": sticky_cookie_secret: option does not apply`}, caddylb.ErrInapplicableOption},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ package caddylb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -65,11 +66,51 @@ type App struct {
 	// host no other app claims. No port.
 	Host string `json:"host,omitempty"`
 
-	// How an instance is picked for each request: "round_robin" (in turn,
-	// evenly over the healthy instances) or "least_connections" (the
-	// healthy instance with the fewest requests in flight). Default:
-	// round_robin.
+	// How an instance is picked for each request, among the healthy
+	// instances of weight above 0. Default: round_robin.
+	//
+	//   - round_robin: in turn, in proportion to the weights (nginx's
+	//     smooth weighted round robin), exact over the available instances.
+	//   - least_connections: the fewest requests in flight per unit of
+	//     weight; idle instances first.
+	//   - p2c: the less loaded of two instances drawn at random (power of
+	//     two choices); O(1) at any pool size.
+	//   - least_latency: of two instances drawn at random, the one with the
+	//     lower peak-EWMA latency × (in flight + 1) / weight.
+	//   - hash: the same key (see hash_key) to the same instance, by
+	//     rendezvous hashing; agreed by every load balancer with the same
+	//     config.
+	//   - random: at random, in proportion to the weights.
+	//   - first: the first available instance in config order (failover).
 	Strategy string `json:"strategy,omitempty"`
+
+	// What strategy hash hashes: "client_ip" (Caddy's client IP, which
+	// honours the server's trusted_proxies), "header:NAME", "cookie:NAME",
+	// "query:NAME" (the value as sent) or "uri" (path and query as sent).
+	// Requests without the key go to a random instance. Only with
+	// strategy hash. Default: client_ip.
+	HashKey string `json:"hash_key,omitempty"`
+
+	// The decay window of least_latency's latency estimates: the weight of
+	// a sample falls to 1/e after this long, and an idle instance's
+	// estimate decays toward 0 at that pace, so a slow instance is tried
+	// again. Shorter reacts faster and forgets sooner. Only with strategy
+	// least_latency. Default: 10s.
+	LatencyDecay *Duration `json:"latency_decay,omitempty"`
+
+	// The name of a cookie that pins each client to an instance, with any
+	// strategy: a request whose cookie names an available instance goes
+	// to it; any other is balanced by the strategy, and its response sets
+	// the cookie (HttpOnly, SameSite=Lax, Secure over TLS; no expiry) to
+	// the instance picked. The value is a MAC of the instance's URL, not
+	// the URL.
+	StickyCookie string `json:"sticky_cookie,omitempty"`
+
+	// A secret mixed into the MAC key of the sticky cookie's values, so
+	// that nobody without it can compute the value of an instance. Every
+	// load balancer of a fleet needs the same. Optional; only with
+	// sticky_cookie.
+	StickyCookieSecret string `json:"sticky_cookie_secret,omitempty"`
 
 	// The path each instance is asked for its health, starting with "/".
 	// It is joined to the instance URL's path. An instance is healthy
@@ -90,11 +131,22 @@ type App struct {
 
 	name      string // for messages: the host, or "*" for the catch-all
 	strategy  strategy.Strategy
+	observer  strategy.Observer // the strategy, if it learns from latencies
+	timeout   time.Duration     // the latency a failed request counts as, for the observer
 	pool      *backend.Pool
-	proxies   map[*backend.Instance]*httputil.ReverseProxy
+	targets   map[*backend.Instance]*target
+	sticky    *stickyCookie // nil without sticky_cookie
 	transport *http.Transport
 	checker   *health.Checker
 	retired   atomic.Bool // set by Cleanup
+}
+
+// target is what serving a request with an instance takes.
+type target struct {
+	proxy *httputil.ReverseProxy
+	// The Set-Cookie values that pin a client to the instance, for plain
+	// HTTP and TLS; empty without sticky_cookie.
+	cookie, secureCookie string
 }
 
 // InstanceConfig is one backend instance of an app.
@@ -104,6 +156,13 @@ type InstanceConfig struct {
 	// scheme ("127.0.0.1:8081"), http is meant. Userinfo, if any, is sent
 	// as basic auth to the instance and redacted in logs and the report.
 	URL string `json:"url"`
+
+	// The instance's share of requests relative to the app's other
+	// instances, an integer from 0 to 1000000; every strategy but first
+	// honours it. 0 sends the instance no new requests (requests in
+	// flight finish) while it stays in the config, its health checks and
+	// the report. Default: 1.
+	Weight *int `json:"weight,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -208,6 +267,10 @@ func (h *Handler) ReportApps() []report.App {
 
 // provision applies defaults, checks the app's config and builds its pool,
 // strategy, transport and health checker.
+//
+// The lbyaml adapter runs it at adapt time to check an app, and finds the
+// field at fault from the error's "app %q: <field>: " prefix: keep it free
+// of I/O and goroutines, and keep that form of error.
 func (a *App) provision(logger *zap.Logger) error {
 	pattern, err := normalizeAppHost(a.Host)
 	a.name = a.Host
@@ -220,8 +283,24 @@ func (a *App) provision(logger *zap.Logger) error {
 	if a.Strategy == "" {
 		a.Strategy = strategy.Default
 	}
-	if a.strategy, err = strategy.New(a.Strategy); err != nil {
+	opts := strategy.Options{HashKey: a.HashKey}
+	if a.LatencyDecay != nil {
+		if opts.LatencyDecay = time.Duration(*a.LatencyDecay); opts.LatencyDecay <= 0 {
+			return a.errorf("latency_decay", fmt.Errorf("%w, got %v", ErrInvalidDuration, opts.LatencyDecay))
+		}
+	}
+	if a.strategy, err = strategy.NewWithOptions(a.Strategy, opts); err != nil {
+		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
+			return a.errorf(oe.Option, oe.Err)
+		}
 		return a.errorf("strategy", err)
+	}
+	a.observer, _ = a.strategy.(strategy.Observer)
+	if a.StickyCookie != "" && !validCookieName(a.StickyCookie) {
+		return a.errorf("sticky_cookie", fmt.Errorf("%w %q", ErrInvalidCookieName, a.StickyCookie))
+	}
+	if a.StickyCookieSecret != "" && a.StickyCookie == "" {
+		return a.errorf("sticky_cookie_secret", fmt.Errorf("%w: it signs the sticky_cookie, which is not set", ErrInapplicableOption))
 	}
 	timeout := durationOr(a.Timeout, DefaultTimeout)
 	if timeout <= 0 {
@@ -242,7 +321,8 @@ func (a *App) provision(logger *zap.Logger) error {
 	}
 
 	a.transport = newTransport(timeout)
-	a.proxies = make(map[*backend.Instance]*httputil.ReverseProxy, len(a.Instances))
+	a.timeout = timeout
+	a.targets = make(map[*backend.Instance]*target, len(a.Instances))
 	errorLog := zap.NewStdLog(logger.With(zap.String("app", a.name)))
 	instances := make([]*backend.Instance, 0, len(a.Instances))
 	var targets []health.Target
@@ -255,9 +335,16 @@ func (a *App) provision(logger *zap.Logger) error {
 		if err != nil {
 			return a.errorf(field, err)
 		}
-		in := backend.New(u)
+		weight := 1
+		if ic.Weight != nil {
+			if weight = *ic.Weight; weight < 0 || weight > backend.MaxWeight {
+				return a.errorf(fmt.Sprintf("instances[%d].weight", i),
+					fmt.Errorf("%w: want an integer from 0 to %d, got %d", ErrInvalidWeight, backend.MaxWeight, weight))
+			}
+		}
+		in := backend.NewWeighted(u, weight)
 		instances = append(instances, in)
-		a.proxies[in] = newProxy(u, a.transport, errorLog)
+		a.targets[in] = &target{proxy: newProxy(u, a.transport, errorLog)}
 		if healthURI != nil {
 			probe := *u
 			probe.Path = joinPath(u.Path, healthURI.Path)
@@ -267,6 +354,13 @@ func (a *App) provision(logger *zap.Logger) error {
 		}
 	}
 	a.pool = backend.NewPool(instances...)
+	if a.StickyCookie != "" {
+		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
+		for value, in := range a.sticky.instances {
+			t := a.targets[in]
+			t.cookie, t.secureCookie = a.sticky.setCookie(value)
+		}
+	}
 
 	if len(targets) > 0 {
 		a.checker = &health.Checker{
@@ -286,16 +380,32 @@ func (a *App) errorf(field string, err error) error {
 	return fmt.Errorf("app %q: %s: %w", a.name, field, err)
 }
 
-// serve proxies r to an instance picked by the app's strategy.
+// serve proxies r to the instance its sticky cookie names, if there is one
+// and it is available, or else to an instance picked by the app's strategy
+// (and then sets the sticky cookie, if the app has one).
 func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
-	in := a.strategy.Select(a.pool, r)
-	if in == nil {
-		return caddyhttp.Error(http.StatusServiceUnavailable,
-			fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
+	var in *backend.Instance
+	if a.sticky != nil {
+		in = a.sticky.pinned(r)
+	}
+	pinned := in != nil
+	if !pinned {
+		if in = a.strategy.Select(a.pool, r); in == nil {
+			return caddyhttp.Error(http.StatusServiceUnavailable,
+				fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
+		}
+	}
+	t := a.targets[in]
+	if a.sticky != nil && !pinned {
+		cookie := t.cookie
+		if r.TLS != nil {
+			cookie = t.secureCookie
+		}
+		w.Header().Add("Set-Cookie", cookie)
 	}
 	in.Acquire()
 	defer a.done(in) // also when the proxy aborts the response with a panic
-	return proxy(a.proxies[in], in, w, r)
+	return proxy(t.proxy, in, a.observer, a.timeout, w, r)
 }
 
 // done ends a request to in.

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/strategy"
 )
 
 // StatusClientClosedRequest is the status logged for a request whose client
@@ -133,14 +134,22 @@ func setForwarded(pr *httputil.ProxyRequest) {
 }
 
 // proxy sends r to the instance through rp and turns a failure into the
-// error Caddy should answer with.
-func proxy(rp *httputil.ReverseProxy, in *backend.Instance, w http.ResponseWriter, r *http.Request) error {
+// error Caddy should answer with. If obs is not nil, it is told how long
+// the instance took to send its response headers (from just before the
+// request is sent, dialing included); a request the instance failed (502,
+// 504) counts as taking at least penalty, so that a broken instance looks
+// slow rather than fast. Requests the client gave up on count nothing.
+func proxy(rp *httputil.ReverseProxy, in *backend.Instance, obs strategy.Observer, penalty time.Duration,
+	w http.ResponseWriter, r *http.Request) error {
 	pw := writers.Get().(*proxyWriter)
 	pw.ResponseWriter = w
 	defer func() {
 		*pw = proxyWriter{}
 		writers.Put(pw)
 	}()
+	if obs != nil {
+		pw.obs, pw.in, pw.start = obs, in, backend.Now()
+	}
 
 	rp.ServeHTTP(pw, r)
 	if pw.err == nil {
@@ -149,6 +158,7 @@ func proxy(rp *httputil.ReverseProxy, in *backend.Instance, w http.ResponseWrite
 	status := statusFor(r, pw.err)
 	if status != StatusClientClosedRequest {
 		in.RecordFailure()
+		pw.observeAtLeast(penalty)
 	}
 	return caddyhttp.Error(status, fmt.Errorf("instance %s: %w", in, pw.err))
 }
@@ -179,6 +189,12 @@ type proxyWriter struct {
 	http.ResponseWriter
 	started bool // a final status or body bytes were written
 	err     error
+
+	// Latency observation, when the strategy wants it (obs not nil).
+	obs      strategy.Observer
+	in       *backend.Instance
+	start    int64 // backend.Now before the request was sent
+	observed bool
 }
 
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
@@ -186,8 +202,21 @@ var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 func (w *proxyWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
 		w.started = true
+		w.observe()
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// observe reports the time since the request was sent, once, if the
+// strategy wants it.
+func (w *proxyWriter) observe() { w.observeAtLeast(0) }
+
+// observeAtLeast is observe with a floor on the time reported.
+func (w *proxyWriter) observeAtLeast(floor time.Duration) {
+	if w.obs != nil && !w.observed {
+		w.observed = true
+		w.obs.Observe(w.in, max(time.Duration(backend.Now()-w.start), floor))
+	}
 }
 
 func (w *proxyWriter) Write(b []byte) (int, error) {

@@ -1,6 +1,6 @@
 // Package backend holds the backend instances a load balancer sends traffic
 // to, with the live state that selection, health checking and the report
-// share: health, requests in flight, totals and the last check.
+// share: health, requests in flight, latency, totals and the last check.
 //
 // Every field of that state is read on the request path, so each is a
 // single atomic value: a request never takes a lock to pick an instance.
@@ -13,31 +13,42 @@ import (
 	"time"
 )
 
+// MaxWeight is the largest weight an instance may have. It keeps sums of
+// weights and products of a weight with a request count far from overflow.
+const MaxWeight = 1_000_000
+
 // Instance is one backend server: where it is, and how it is doing.
 //
-// An Instance is safe for concurrent use. Its URL never changes; everything
-// else is live state.
+// An Instance is safe for concurrent use. Its URL and weight never change;
+// everything else is live state.
 type Instance struct {
 	url      *url.URL
 	redacted string
+	weight   int
 
-	healthy    atomic.Bool
-	inFlight   atomic.Int64
-	requests   atomic.Uint64
-	failures   atomic.Uint64
-	lastPicked atomic.Uint64 // selection sequence number, for fair tie-breaking
-	lastCheck  atomic.Int64  // unix nanoseconds of the last health check; 0 = never
-	lastError  atomic.Pointer[string]
+	healthy   atomic.Bool
+	inFlight  atomic.Int64
+	requests  atomic.Uint64
+	failures  atomic.Uint64
+	pickStamp atomic.Uint64 // set by the strategy that picks the instance, for fair tie-breaking
+	latency   atomic.Uint64 // peak EWMA of response-header latency, see latency.go; 0 = no sample
+	lastCheck atomic.Int64  // unix nanoseconds of the last health check; 0 = never
+	lastError atomic.Pointer[string]
 
 	// checking is held while a health check of this instance runs, so that
 	// checks never stack up behind a slow backend.
 	checking sync.Mutex
 }
 
-// New returns a healthy instance for the backend at u. u must be absolute
-// (scheme and host); New does not validate it.
-func New(u *url.URL) *Instance {
-	in := &Instance{url: u, redacted: Redact(u)}
+// New returns a healthy instance of weight 1 for the backend at u. u must be
+// absolute (scheme and host); New does not validate it.
+func New(u *url.URL) *Instance { return NewWeighted(u, 1) }
+
+// NewWeighted returns a healthy instance of the given weight for the
+// backend at u. A weight of 0 (or less) means the instance takes no new
+// requests; callers check weights against MaxWeight.
+func NewWeighted(u *url.URL, weight int) *Instance {
+	in := &Instance{url: u, redacted: Redact(u), weight: max(weight, 0)}
 	in.healthy.Store(true)
 	return in
 }
@@ -49,13 +60,26 @@ func (in *Instance) URL() *url.URL { return in.url }
 // and reports.
 func (in *Instance) String() string { return in.redacted }
 
-// Healthy reports whether the instance may receive new requests.
+// Weight returns the instance's share of traffic relative to the other
+// instances of its pool; 0 means no new requests.
+func (in *Instance) Weight() int { return in.weight }
+
+// Healthy reports whether the instance passes its health checks.
 func (in *Instance) Healthy() bool { return in.healthy.Load() }
 
+// Available reports whether the instance may receive new requests: it is
+// healthy and its weight is above 0.
+func (in *Instance) Available() bool { return in.weight > 0 && in.healthy.Load() }
+
 // SetHealthy records the instance's health and reports whether it changed.
+// An instance that recovers starts with no latency history: what it
+// measured before it went down says nothing about it now.
 func (in *Instance) SetHealthy(healthy bool) (changed bool) {
 	if in.healthy.Swap(healthy) == healthy {
 		return false
+	}
+	if healthy {
+		in.latency.Store(0)
 	}
 	epoch.Add(1)
 	return true
@@ -77,18 +101,14 @@ func (in *Instance) Release() { in.inFlight.Add(-1) }
 // RecordFailure counts a request the instance failed to answer.
 func (in *Instance) RecordFailure() { in.failures.Add(1) }
 
-// LastPicked returns the stamp of the last MarkPicked; a larger stamp means
-// a more recent pick.
-func (in *Instance) LastPicked() uint64 { return in.lastPicked.Load() }
+// PickStamp returns the stamp the last SetPickStamp left, 0 if none. What
+// it means is up to the strategy that sets it (least_connections keeps the
+// position in its sequence at which the instance is due next).
+func (in *Instance) PickStamp() uint64 { return in.pickStamp.Load() }
 
-// MarkPicked stamps the instance as picked now, so a strategy can prefer the
-// least recently picked of otherwise equal instances. The stamps come from
-// one process-wide sequence, so they stay comparable when an instance's
-// state outlives the strategy that stamped it.
-func (in *Instance) MarkPicked() { in.lastPicked.Store(pickSeq.Add(1)) }
-
-// pickSeq orders MarkPicked calls.
-var pickSeq atomic.Uint64
+// SetPickStamp stamps the instance when a strategy picks it, so that the
+// strategy can break ties between otherwise equal instances fairly.
+func (in *Instance) SetPickStamp(stamp uint64) { in.pickStamp.Store(stamp) }
 
 // TryStartCheck reports whether the caller may check the instance now. It
 // returns false while another check of it is still running; a true result

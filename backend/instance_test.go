@@ -36,8 +36,14 @@ func TestNewIsHealthyAndIdle(t *testing.T) {
 	if got := in.Status(); got != want {
 		t.Errorf("Status() = %+v, want %+v", got, want)
 	}
-	if got := in.LastPicked(); got != 0 {
-		t.Errorf("LastPicked() = %d, want 0 for an instance never picked", got)
+	if got := in.PickStamp(); got != 0 {
+		t.Errorf("PickStamp() = %d, want 0 for an instance never picked", got)
+	}
+	if got := in.Weight(); got != 1 {
+		t.Errorf("Weight() = %d, want 1", got)
+	}
+	if !in.Available() {
+		t.Error("Available() = false for a new instance of weight 1")
 	}
 }
 

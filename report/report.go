@@ -26,6 +26,13 @@ const Path = "/api/v1/loadBalancers/report"
 // Report is the document served at Path.
 type Report struct {
 	Apps []App `json:"apps"`
+
+	// DrainAvailable says that whoever serves this document also takes
+	// drain and undrain requests for the instances it lists. Current
+	// leaves it false; the dashboard's report.json sets it when its
+	// allow_drain option is on and a drainer is registered (see
+	// SetDrainer), and shows its drain buttons only then.
+	DrainAvailable bool `json:"drain_available,omitempty"`
 }
 
 // App is one app of a load balancer.
@@ -44,6 +51,21 @@ type Instance struct {
 	Failures          uint64     `json:"failures"`
 	LastChecked       *time.Time `json:"last_checked"`
 	LastError         string     `json:"last_error"`
+
+	// RequestRate is the number of requests per second sent to the
+	// instance over the last minute. It and the three fields below are
+	// absent (nil) while the load balancer does not measure them; a
+	// measured 0 is present.
+	RequestRate *float64 `json:"request_rate,omitempty"`
+	// ErrorRate is the share of the last minute's requests that failed,
+	// from 0 to 1.
+	ErrorRate *float64 `json:"error_rate,omitempty"`
+	// LatencyP50Ms is the median time to the response headers over the
+	// last minute, in milliseconds.
+	LatencyP50Ms *float64 `json:"latency_p50_ms,omitempty"`
+	// LatencyP99Ms is the 99th percentile of the time to the response
+	// headers over the last minute, in milliseconds.
+	LatencyP99Ms *float64 `json:"latency_p99_ms,omitempty"`
 }
 
 // Source is a live load balancer that can describe its apps.

@@ -2,20 +2,37 @@ package strategy
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/golb/caddy-lb/backend"
 )
 
 func init() {
-	Register("least_connections", func() Strategy { return new(LeastConnections) })
+	simple("least_connections", func() *LeastConnections { return new(LeastConnections) })
 }
 
+// stampShift is the fixed-point precision of LeastConnections' stamps.
+const stampShift = 16
+
 // LeastConnections picks the available instance with the fewest requests in
-// flight. Among instances tied at that minimum it picks the one it picked
-// least recently, so ties rotate through every tied instance in turn rather
-// than always favouring the first or the last, and an idle pool is served in
-// exact round-robin order.
-type LeastConnections struct{}
+// flight per unit of weight. As in HAProxy's leastconn, idle instances come
+// first whatever their weight; busy ones are compared by (in flight + 1) /
+// weight, the load they would have with this request.
+//
+// Ties are broken by a stamp the strategy leaves on the instance it picks:
+// the turn at which it is due again, Σw/w turns later (earliest deadline
+// first). With equal weights that is the least recently picked instance, so
+// ties rotate through every tied instance in turn rather than always
+// favouring the first or the last, and an idle pool is served in exact
+// round-robin order; with weights, an idle pool is served in proportion to
+// them (5, 1, 1 give a b c a a a a ...).
+//
+// Selection scans every available instance: O(n), a few nanoseconds each.
+type LeastConnections struct {
+	total listCache[uint64] // read by every selection
+	_     [64]byte          // keeps turn off total's cache line
+	turn  atomic.Uint64     // written by every selection
+}
 
 // Select implements Strategy.
 func (s *LeastConnections) Select(pool *backend.Pool, _ *http.Request) *backend.Instance {
@@ -24,17 +41,28 @@ func (s *LeastConnections) Select(pool *backend.Pool, _ *http.Request) *backend.
 		return nil
 	}
 	best := list[0]
-	bestLoad, bestPicked := best.InFlight(), best.LastPicked()
+	bestLoad, bestWeight, bestStamp := best.InFlight(), int64(best.Weight()), best.PickStamp()
 	for _, in := range list[1:] {
-		load := in.InFlight()
-		if load > bestLoad {
+		load, weight := in.InFlight(), int64(in.Weight())
+		if lessLoaded(bestLoad, bestWeight, load, weight) {
 			continue
 		}
-		picked := in.LastPicked()
-		if load < bestLoad || picked < bestPicked {
-			best, bestLoad, bestPicked = in, load, picked
+		stamp := in.PickStamp()
+		if lessLoaded(load, weight, bestLoad, bestWeight) || stamp < bestStamp {
+			best, bestLoad, bestWeight, bestStamp = in, load, weight, stamp
 		}
 	}
-	best.MarkPicked()
+	total := *s.total.get(list, totalWeight)
+	turn := s.turn.Add(1)
+	best.SetPickStamp(turn<<stampShift + total<<stampShift/uint64(bestWeight))
 	return best
+}
+
+// totalWeight returns the sum of the weights of list.
+func totalWeight(list []*backend.Instance) uint64 {
+	var sum uint64
+	for _, in := range list {
+		sum += uint64(in.Weight())
+	}
+	return sum
 }

@@ -2,8 +2,13 @@ package strategy_test
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/strategy"
@@ -201,32 +206,131 @@ func TestLeastConnectionsConcurrent(t *testing.T) {
 }
 
 func TestSelectAllocatesNothing(t *testing.T) {
-	strategies := []string{"round_robin", "least_connections"}
+	keyed := httptest.NewRequest(http.MethodGet, "http://example.com/x?id=7", nil)
+	keyed.Header.Set("X-Key", "user-1")
+	keyed.Header.Set("Cookie", "a=b; sid=42")
+	strategies := []struct {
+		name string
+		opts strategy.Options
+		req  *http.Request
+	}{
+		{name: "round_robin"},
+		{name: "least_connections"},
+		{name: "p2c"},
+		{name: "least_latency"},
+		{name: "random"},
+		{name: "first"},
+		{name: "hash", req: keyed},
+		{name: "hash", opts: strategy.Options{HashKey: "header:X-Key"}, req: keyed},
+		{name: "hash", opts: strategy.Options{HashKey: "cookie:sid"}, req: keyed},
+		{name: "hash", opts: strategy.Options{HashKey: "query:id"}, req: keyed},
+		{name: "hash", opts: strategy.Options{HashKey: "uri"}, req: keyed},
+		{name: "hash", opts: strategy.Options{HashKey: "header:X-None"}, req: keyed}, // no key: random
+	}
 	pools := []struct {
-		n    int
-		down []int
+		n       int
+		down    []int
+		weights bool
 	}{
 		{n: 1},
 		{n: 3},
 		{n: 100, down: []int{0, 50}},
+		{n: 100, down: []int{7}, weights: true},
 	}
-	for _, name := range strategies {
+	for _, st := range strategies {
 		for _, pc := range pools {
-			t.Run(fmt.Sprintf("%s/n=%d/down=%d", name, pc.n, len(pc.down)), func(t *testing.T) {
-				p, _ := withLoads(t, make([]int, pc.n), pc.down...)
-				s, err := strategy.New(name)
+			t.Run(fmt.Sprintf("%s/%s/n=%d/down=%d/weighted=%v", st.name, st.opts.HashKey, pc.n, len(pc.down), pc.weights), func(t *testing.T) {
+				weights := make([]int, pc.n)
+				for i := range weights {
+					weights[i] = 1
+					if pc.weights {
+						weights[i] = 1 + i%5
+					}
+				}
+				ins := newWeighted(t, weights...)
+				for _, i := range pc.down {
+					ins[i].SetHealthy(false)
+				}
+				p := backend.NewPool(ins...)
+				s, err := strategy.NewWithOptions(st.name, st.opts)
 				if err != nil {
 					t.Fatal(err)
 				}
+				if obs, ok := s.(strategy.Observer); ok {
+					obs.Observe(ins[len(ins)-1], time.Millisecond)
+				}
 				var got *backend.Instance
-				allocs := testing.AllocsPerRun(200, func() { got = s.Select(p, nil) })
+				allocs := testing.AllocsPerRun(200, func() { got = s.Select(p, st.req) })
 				if allocs != 0 {
 					t.Errorf("Select allocates %v times per call, want 0", allocs)
 				}
 				if got == nil {
 					t.Error("Select = nil from a pool with healthy instances")
 				}
+				if obs, ok := s.(strategy.Observer); ok {
+					if allocs := testing.AllocsPerRun(200, func() { obs.Observe(got, time.Millisecond) }); allocs != 0 {
+						t.Errorf("Observe allocates %v times per call, want 0", allocs)
+					}
+				}
 			})
 		}
+	}
+}
+
+// TestStrategiesConcurrent runs every strategy from many goroutines, each
+// holding its pick in flight as a proxied request would, while instances
+// go down and up: no nil from a pool with available instances, no pick
+// of an instance of weight 0, counters balanced at the end (and, under
+// -race, no data race).
+func TestStrategiesConcurrent(t *testing.T) {
+	const (
+		goroutines = 8
+		perG       = 400
+	)
+	keyed := httptest.NewRequest(http.MethodGet, "http://example.com/", nil)
+	for _, name := range strategy.Names() {
+		if strings.HasPrefix(name, "zz_") {
+			continue // registered by TestRegister
+		}
+		t.Run(name, func(t *testing.T) {
+			ins := newWeighted(t, 3, 1, 0, 2, 1)
+			p := backend.NewPool(ins...)
+			s, err := strategy.New(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			obs, _ := s.(strategy.Observer)
+			var bad atomic.Int64
+			var wg sync.WaitGroup
+			for g := range goroutines {
+				wg.Go(func() {
+					for k := range perG {
+						if g == 0 && k%50 == 0 {
+							// Flap instance d; a, b, e stay up.
+							ins[3].SetHealthy(k%100 != 0)
+						}
+						in := s.Select(p, keyed)
+						if in == nil || in == ins[2] {
+							bad.Add(1)
+							continue
+						}
+						in.Acquire()
+						if obs != nil {
+							obs.Observe(in, time.Duration(1+k%7)*time.Millisecond)
+						}
+						in.Release()
+					}
+				})
+			}
+			wg.Wait()
+			if n := bad.Load(); n != 0 {
+				t.Errorf("%d selections gave nil or the instance of weight 0", n)
+			}
+			for i, in := range ins {
+				if got := in.InFlight(); got != 0 {
+					t.Errorf("instance %s: %d in flight after all requests ended", label(i), got)
+				}
+			}
+		})
 	}
 }

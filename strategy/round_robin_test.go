@@ -204,3 +204,31 @@ func TestRoundRobinConcurrent(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundRobinCounterPast32Bits: the rotation stays exact when the
+// counter passes 2^32 (where the index computation changes).
+func TestRoundRobinCounterPast32Bits(t *testing.T) {
+	tests := []struct {
+		name    string
+		weights []int
+		start   uint64
+		want    string
+	}{
+		// 2^32 - 2 ≡ 2 (mod 3): the picks start at c.
+		{name: "plain", weights: []int{1, 1, 1}, start: 1<<32 - 2, want: "cabcabc"},
+		// 2^32 - 1 ≡ 0 (mod 5).
+		{name: "plain, 5", weights: []int{1, 1, 1, 1, 1}, start: 1<<32 - 1, want: "abcdeab"},
+		// 2^32 - 1 ≡ 3 (mod 7): the schedule a a b a c a a from its 4th turn.
+		{name: "weighted", weights: []int{5, 1, 1}, start: 1<<32 - 1, want: "acaaaabacaa"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ins := newWeighted(t, tt.weights...)
+			s := newRoundRobin(t)
+			strategy.SetRoundRobinCounter(s, tt.start)
+			if got := pickSequence(s, backend.NewPool(ins...), ins, len(tt.want)); got != tt.want {
+				t.Errorf("picks from counter %d = %s, want %s", tt.start, got, tt.want)
+			}
+		})
+	}
+}

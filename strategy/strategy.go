@@ -3,7 +3,9 @@
 //
 // A strategy is one file: a type implementing Strategy and a Register call
 // in that file's init. Selection runs on every request, so implementations
-// are lock-free and allocate nothing.
+// are lock-free and allocate nothing. They pick among the pool's available
+// instances (healthy, weight above 0), so none ever picks an instance of
+// weight 0.
 package strategy
 
 import (
@@ -12,7 +14,9 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/golb/caddy-lb/backend"
 )
@@ -25,40 +29,131 @@ type Strategy interface {
 	Select(pool *backend.Pool, r *http.Request) *backend.Instance
 }
 
-// ErrUnknown is returned by New for a name no strategy is registered under.
-var ErrUnknown = errors.New("unknown strategy")
+// Observer is implemented by strategies that learn from the answers
+// instances give: the app calls Observe with the time an instance took to
+// send its response headers.
+type Observer interface {
+	Observe(in *backend.Instance, latency time.Duration)
+}
+
+// Options are the settings of an app that shape its strategy. The zero
+// value means defaults everywhere. An option set for a strategy that does
+// not use it is refused (OptionError wrapping ErrInapplicableOption), so a
+// config never says something it does not do.
+type Options struct {
+	// HashKey is what the hash strategy hashes: "client_ip", "header:NAME",
+	// "cookie:NAME", "query:NAME" or "uri". Default: client_ip.
+	HashKey string
+	// LatencyDecay is least_latency's decay window τ: a latency sample's
+	// weight falls to 1/e after τ. Default: 10s. Must not be negative.
+	LatencyDecay time.Duration
+}
+
+// Option names, as in the config.
+const (
+	OptionHashKey      = "hash_key"
+	OptionLatencyDecay = "latency_decay"
+)
+
+// set returns the names of the options given in o.
+func (o Options) set() []string {
+	var names []string
+	if o.HashKey != "" {
+		names = append(names, OptionHashKey)
+	}
+	if o.LatencyDecay != 0 {
+		names = append(names, OptionLatencyDecay)
+	}
+	return names
+}
+
+// Errors of New and NewWithOptions.
+var (
+	// ErrUnknown: a name no strategy is registered under.
+	ErrUnknown = errors.New("unknown strategy")
+	// ErrInapplicableOption: an option the chosen strategy does not use.
+	ErrInapplicableOption = errors.New("option does not apply")
+	// ErrInvalidHashKey: a hash_key that is none of the known forms.
+	ErrInvalidHashKey = errors.New("invalid hash_key")
+	// ErrInvalidOption: an option value out of range.
+	ErrInvalidOption = errors.New("invalid option")
+)
+
+// OptionError is an error in one option; Option is its config name.
+type OptionError struct {
+	Option string
+	Err    error
+}
+
+func (e *OptionError) Error() string { return e.Option + ": " + e.Err.Error() }
+func (e *OptionError) Unwrap() error { return e.Err }
+
+// Constructor builds a strategy with the given options. It is called only
+// with options the strategy was registered as using.
+type Constructor func(Options) (Strategy, error)
 
 // Default is the strategy used when an app names none.
 const Default = "round_robin"
 
+type registration struct {
+	constructor Constructor
+	options     []string
+}
+
 var (
 	mu       sync.RWMutex
-	registry = map[string]func() Strategy{}
+	registry = map[string]registration{}
 )
 
-// Register makes a strategy available by name. Each call to the constructor
-// must return a new value with its own state, since each app balances
-// independently. It panics on a duplicate name, like caddy.RegisterModule,
-// as that is a programming error.
-func Register(name string, constructor func() Strategy) {
+// Register makes a strategy available by name; options lists the names of
+// the options it uses (OptionHashKey, OptionLatencyDecay). Each call to the
+// constructor must return a new value with its own state, since each app
+// balances independently. It panics on a duplicate name, like
+// caddy.RegisterModule, as that is a programming error.
+func Register(name string, constructor Constructor, options ...string) {
 	mu.Lock()
 	defer mu.Unlock()
 	if _, dup := registry[name]; dup {
 		panic(fmt.Sprintf("strategy %q registered twice", name))
 	}
-	registry[name] = constructor
+	registry[name] = registration{constructor: constructor, options: slices.Clone(options)}
 }
 
-// New returns a new strategy registered under name. The error wraps
-// ErrUnknown and lists the known names.
-func New(name string) (Strategy, error) {
+// New returns a new strategy registered under name, with default options.
+// The error wraps ErrUnknown and lists the known names.
+func New(name string) (Strategy, error) { return NewWithOptions(name, Options{}) }
+
+// NewWithOptions returns a new strategy registered under name, set up with
+// opts. An unknown name gives an error wrapping ErrUnknown; an option the
+// strategy does not use, or a bad option value, an *OptionError naming it.
+func NewWithOptions(name string, opts Options) (Strategy, error) {
 	mu.RLock()
-	constructor, ok := registry[name]
+	reg, ok := registry[name]
 	mu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("%w %q (known: %v)", ErrUnknown, name, Names())
 	}
-	return constructor(), nil
+	for _, opt := range opts.set() {
+		if !slices.Contains(reg.options, opt) {
+			return nil, &OptionError{Option: opt, Err: fmt.Errorf("%w: strategy %s does not use it (only %s does)",
+				ErrInapplicableOption, name, strings.Join(users(opt), ", "))}
+		}
+	}
+	return reg.constructor(opts)
+}
+
+// users returns the names of the strategies that use option opt, sorted.
+func users(opt string) []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	var names []string
+	for name, reg := range registry {
+		if slices.Contains(reg.options, opt) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 // Names returns the registered strategy names, sorted.
@@ -71,4 +166,9 @@ func Names() []string {
 	}
 	sort.Strings(names)
 	return slices.Clip(names)
+}
+
+// simple registers a strategy that takes no options and cannot fail.
+func simple[S Strategy](name string, newS func() S) {
+	Register(name, func(Options) (Strategy, error) { return newS(), nil })
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/strategy"
@@ -62,10 +63,18 @@ func TestNewEachRegisteredName(t *testing.T) {
 	tests := []struct {
 		name string
 		want reflect.Type
+		// For deterministic strategies: the first picks of a fresh one on
+		// a fresh pool of 3, twice, to show each value has its own state.
+		first, second string
 	}{
-		{name: "round_robin", want: reflect.TypeFor[*strategy.RoundRobin]()},
-		{name: "least_connections", want: reflect.TypeFor[*strategy.LeastConnections]()},
-		{name: strategy.Default, want: reflect.TypeFor[*strategy.RoundRobin]()},
+		{name: "round_robin", want: reflect.TypeFor[*strategy.RoundRobin](), first: "ab", second: "abc"},
+		{name: "least_connections", want: reflect.TypeFor[*strategy.LeastConnections](), first: "ab", second: "abc"},
+		{name: "first", want: reflect.TypeFor[*strategy.First](), first: "aa", second: "aaa"},
+		{name: "random", want: reflect.TypeFor[*strategy.Random]()},
+		{name: "p2c", want: reflect.TypeFor[*strategy.P2C]()},
+		{name: "least_latency", want: reflect.TypeFor[*strategy.LeastLatency]()},
+		{name: "hash", want: reflect.TypeFor[*strategy.Hash]()},
+		{name: strategy.Default, want: reflect.TypeFor[*strategy.RoundRobin](), first: "ab", second: "abc"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,27 +85,113 @@ func TestNewEachRegisteredName(t *testing.T) {
 			if got := reflect.TypeOf(s1); got != tt.want {
 				t.Errorf("New(%q) is a %v, want %v", tt.name, got, tt.want)
 			}
+			ins1 := newInstances(t, 3)
+			p1 := backend.NewPool(ins1...)
+			if tt.first == "" {
+				// Randomized: every pick is an instance of the pool.
+				for range 20 {
+					if index(ins1, s1.Select(p1, nil)) < 0 {
+						t.Fatal("Select gave no instance of the pool")
+					}
+				}
+				return
+			}
 			// Each value has its own state: selections by one do not move
 			// another, so a fresh one starts on a fresh pool's first
 			// instance.
-			ins1 := newInstances(t, 3)
-			if got := pickSequence(s1, backend.NewPool(ins1...), ins1, 2); got != "ab" {
-				t.Fatalf("first strategy picks = %s, want ab", got)
+			if got := pickSequence(s1, p1, ins1, len(tt.first)); got != tt.first {
+				t.Fatalf("first strategy picks = %s, want %s", got, tt.first)
 			}
 			s2, err := strategy.New(tt.name)
 			if err != nil {
 				t.Fatalf("New(%q) again: %v", tt.name, err)
 			}
 			ins2 := newInstances(t, 3)
-			if got := pickSequence(s2, backend.NewPool(ins2...), ins2, 3); got != "abc" {
-				t.Errorf("second strategy picks = %s, want abc: state shared with the first?", got)
+			if got := pickSequence(s2, backend.NewPool(ins2...), ins2, len(tt.second)); got != tt.second {
+				t.Errorf("second strategy picks = %s, want %s: state shared with the first?", got, tt.second)
+			}
+		})
+	}
+}
+
+func TestNewWithOptions(t *testing.T) {
+	tests := []struct {
+		name     string
+		strategy string
+		opts     strategy.Options
+		option   string // the option the error must name; "" for no error
+		is       error
+		want     []string // substrings of the error
+	}{
+		{name: "hash with default key", strategy: "hash"},
+		{name: "hash, client_ip", strategy: "hash", opts: strategy.Options{HashKey: "client_ip"}},
+		{name: "hash, header", strategy: "hash", opts: strategy.Options{HashKey: "header:X-User"}},
+		{name: "hash, cookie", strategy: "hash", opts: strategy.Options{HashKey: "cookie:session"}},
+		{name: "hash, query", strategy: "hash", opts: strategy.Options{HashKey: "query:id"}},
+		{name: "hash, uri", strategy: "hash", opts: strategy.Options{HashKey: "uri"}},
+		{name: "hash, host header", strategy: "hash", opts: strategy.Options{HashKey: "header:host"}},
+		{name: "least_latency with decay", strategy: "least_latency", opts: strategy.Options{LatencyDecay: time.Second}},
+		{
+			name: "hash_key on round_robin", strategy: "round_robin", opts: strategy.Options{HashKey: "uri"},
+			option: "hash_key", is: strategy.ErrInapplicableOption,
+			want: []string{"hash_key: option does not apply: strategy round_robin does not use it (only hash does)"},
+		},
+		{
+			name: "latency_decay on p2c", strategy: "p2c", opts: strategy.Options{LatencyDecay: time.Second},
+			option: "latency_decay", is: strategy.ErrInapplicableOption,
+			want: []string{"latency_decay: option does not apply", "only least_latency does"},
+		},
+		{
+			name: "latency_decay on hash", strategy: "hash", opts: strategy.Options{LatencyDecay: time.Second},
+			option: "latency_decay", is: strategy.ErrInapplicableOption,
+		},
+		{
+			name: "negative latency_decay", strategy: "least_latency", opts: strategy.Options{LatencyDecay: -time.Second},
+			option: "latency_decay", is: strategy.ErrInvalidOption, want: []string{"must be positive, got -1s"},
+		},
+		{name: "hash_key unknown kind", strategy: "hash", opts: strategy.Options{HashKey: "ip"}, option: "hash_key", is: strategy.ErrInvalidHashKey,
+			want: []string{`invalid hash_key "ip": unknown kind "ip"; want client_ip, header:NAME, cookie:NAME, query:NAME or uri`}},
+		{name: "hash_key header without name", strategy: "hash", opts: strategy.Options{HashKey: "header:"}, option: "hash_key", is: strategy.ErrInvalidHashKey,
+			want: []string{"no name after header:"}},
+		{name: "hash_key bad header name", strategy: "hash", opts: strategy.Options{HashKey: "header:X User"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+		{name: "hash_key bad cookie name", strategy: "hash", opts: strategy.Options{HashKey: "cookie:a;b"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+		{name: "hash_key bad query name", strategy: "hash", opts: strategy.Options{HashKey: "query:a&b"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+		{name: "hash_key uri with a name", strategy: "hash", opts: strategy.Options{HashKey: "uri:x"}, option: "hash_key", is: strategy.ErrInvalidHashKey,
+			want: []string{"uri takes no name"}},
+		{name: "hash_key client_ip with a colon", strategy: "hash", opts: strategy.Options{HashKey: "client_ip:"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+		{name: "hash_key upper case", strategy: "hash", opts: strategy.Options{HashKey: "URI"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := strategy.NewWithOptions(tt.strategy, tt.opts)
+			if tt.option == "" {
+				if err != nil || s == nil {
+					t.Fatalf("NewWithOptions = %v, %v; want a strategy", s, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("NewWithOptions = %T, nil; want an error", s)
+			}
+			t.Logf("error: %v", err)
+			oe, ok := errors.AsType[*strategy.OptionError](err)
+			if !ok || oe.Option != tt.option {
+				t.Errorf("error %q is not an OptionError for %q", err, tt.option)
+			}
+			if !errors.Is(err, tt.is) {
+				t.Errorf("error %q does not wrap %q", err, tt.is)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
 			}
 		})
 	}
 }
 
 func TestNewUnknown(t *testing.T) {
-	for _, name := range []string{"", "random", "Round_Robin", "round_robin "} {
+	for _, name := range []string{"", "fastest", "Round_Robin", "round_robin ", "roundrobin"} {
 		t.Run(fmt.Sprintf("%q", name), func(t *testing.T) {
 			s, err := strategy.New(name)
 			if err == nil {
@@ -129,7 +224,7 @@ func TestNames(t *testing.T) {
 	if len(slices.Compact(slices.Clone(names))) != len(names) {
 		t.Errorf("Names() = %v has duplicates", names)
 	}
-	for _, want := range []string{"least_connections", "round_robin"} {
+	for _, want := range []string{"first", "hash", "least_connections", "least_latency", "p2c", "random", "round_robin"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("Names() = %v, missing %q", names, want)
 		}
@@ -164,7 +259,7 @@ func TestRegister(t *testing.T) {
 		if !errors.Is(err, strategy.ErrUnknown) {
 			t.Fatalf("New(%q) before Register: %v, want ErrUnknown", name, err)
 		}
-		strategy.Register(name, func() strategy.Strategy { return fixed{} })
+		strategy.Register(name, func(strategy.Options) (strategy.Strategy, error) { return fixed{}, nil })
 	}
 
 	if s, err := strategy.New(name); err != nil || s != (fixed{}) {
@@ -183,7 +278,7 @@ func TestRegister(t *testing.T) {
 						panicked, msg = true, fmt.Sprint(r)
 					}
 				}()
-				strategy.Register(tt.name, func() strategy.Strategy { return fixed{} })
+				strategy.Register(tt.name, func(strategy.Options) (strategy.Strategy, error) { return fixed{}, nil })
 				return false, ""
 			}()
 			if !panicked {

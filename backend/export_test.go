@@ -1,0 +1,4 @@
+package backend
+
+// ExpNeg exposes expNeg to tests.
+var ExpNeg = expNeg

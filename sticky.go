@@ -1,0 +1,101 @@
+package caddylb
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/golb/caddy-lb/backend"
+)
+
+// stickyCookie pins a client to the instance that served it, on top of any
+// strategy: a request whose cookie names an available instance goes there;
+// any other is balanced by the strategy, and the answer sets the cookie to
+// the instance picked.
+//
+// The cookie's value is a MAC of the instance's URL (HMAC-SHA-256,
+// truncated to 96 bits, base64url), so it says nothing about the instance
+// to the client. The MAC key is derived from sticky_cookie_secret, the
+// app's host and the cookie's name: every load balancer with the same
+// config, the same secret included, sets and honours the same values, with
+// nothing shared at run time. Without a secret the key follows from the
+// config alone; someone who knows the host, the cookie name and an
+// instance's URL could then compute that instance's value, and so choose
+// an (available) instance or confirm a guess of its URL. A secret rules
+// that out.
+type stickyCookie struct {
+	name      string
+	instances map[string]*backend.Instance // by cookie value
+}
+
+// newStickyCookie derives the cookie values of instances.
+func newStickyCookie(name, secret, app string, instances []*backend.Instance) *stickyCookie {
+	h := sha256.New()
+	for _, part := range []string{"caddy-lb sticky_cookie v1", secret, app, name} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	key := h.Sum(nil)
+	sc := &stickyCookie{name: name, instances: make(map[string]*backend.Instance, len(instances))}
+	for _, in := range instances {
+		sc.instances[sc.value(key, in)] = in
+	}
+	return sc
+}
+
+// value returns the cookie value that names in.
+func (sc *stickyCookie) value(key []byte, in *backend.Instance) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(in.URL().String()))
+	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:12])
+}
+
+// setCookie returns the Set-Cookie header values for the instance whose
+// cookie value is value: one for plain HTTP, one (Secure) for TLS.
+func (sc *stickyCookie) setCookie(value string) (plain, secure string) {
+	plain = fmt.Sprintf("%s=%s; Path=/; HttpOnly; SameSite=Lax", sc.name, value)
+	return plain, plain + "; Secure"
+}
+
+// pinned returns the instance r's cookie names if it is available, or nil.
+// It allocates nothing.
+func (sc *stickyCookie) pinned(r *http.Request) *backend.Instance {
+	v := cookieValue(r.Header["Cookie"], sc.name)
+	if v == "" {
+		return nil
+	}
+	if in := sc.instances[v]; in != nil && in.Available() {
+		return in
+	}
+	return nil
+}
+
+// cookieValue returns the value of the cookie named name in Cookie header
+// lines, or "", without allocating (http.Request.Cookie parses them all).
+func cookieValue(lines []string, name string) string {
+	for _, line := range lines {
+		for line != "" {
+			var part string
+			part, line, _ = strings.Cut(line, ";")
+			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+			if !ok || k != name {
+				continue
+			}
+			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			if v != "" {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// validCookieName reports whether name may name a cookie.
+func validCookieName(name string) bool {
+	return (&http.Cookie{Name: name, Value: "x"}).Valid() == nil
+}
