@@ -193,18 +193,47 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	// Health checks run for as long as this config does: Caddy cancels ctx
-	// when it unloads the config, including after a failed load or a
-	// `caddy validate`, and Cleanup waits for the loops to end.
+	// Health checks run for as long as this config does: they start once
+	// Caddy runs it, and stop when Caddy cancels ctx to unload it (also
+	// after a failed load or a `caddy validate`, which never run it);
+	// Cleanup waits for the loops to end.
 	hctx, cancel := context.WithCancel(ctx)
 	h.stopHealth = cancel
 	for _, app := range h.Apps {
 		if app.checker != nil {
-			h.checkers.Go(func() { app.checker.Run(hctx) })
+			h.checkers.Go(func() {
+				if awaitRunning(hctx, ctx.Done()) {
+					app.checker.Run(hctx)
+				}
+			})
 		}
 	}
 	h.unregister = report.Register(ctx, h)
 	return nil
+}
+
+// awaitRunning waits until Caddy runs the config whose context's Done
+// channel is config, and reports whether it does; false means ctx ended
+// first: the config failed to load, or was only validated.
+//
+// Caddy provisions a config before it starts listening, and backends may be
+// sites of the same config: probes sent before then would find them not
+// yet listening. Caddy makes a config the active one right after it has
+// started all its apps, and offers no event a handler could wait on, so
+// this polls; it takes a few milliseconds once per load.
+func awaitRunning(ctx context.Context, config <-chan struct{}) bool {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if active := caddy.ActiveContext(); active.Context != nil && active.Done() == config {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
 }
 
 // Cleanup stops the health checks and releases idle backend connections.
