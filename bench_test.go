@@ -67,7 +67,10 @@ func BenchmarkServeHTTP(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				w := &discardWriter{header: http.Header{}}
-				req := req.Clone(req.Context())
+				// A request of its own, with its own replacer and access
+				// log fields, as Caddy gives each request.
+				req := caddyhttp.PrepareRequest(httptest.NewRequest(http.MethodGet, "http://example.com/path?q=1", nil),
+					caddy.NewReplacer(), nil, &caddyhttp.Server{})
 				for pb.Next() {
 					clear(w.header)
 					w.status = 0

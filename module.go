@@ -22,13 +22,16 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/health"
 	"github.com/golb/caddy-lb/report"
 	"github.com/golb/caddy-lb/strategy"
+	"github.com/golb/caddy-lb/upstream"
 )
 
 // Defaults of an app's settings.
@@ -54,9 +57,12 @@ type Handler struct {
 
 	router     router
 	logger     *zap.Logger
+	ctx        caddy.Context
+	events     *caddyevents.App
 	stopHealth context.CancelFunc
 	checkers   sync.WaitGroup
 	unregister func()
+	unmetrics  func()
 }
 
 // App is a pool of backend instances serving one host.
@@ -136,9 +142,10 @@ type App struct {
 	pool      *backend.Pool
 	targets   map[*backend.Instance]*target
 	sticky    *stickyCookie // nil without sticky_cookie
-	transport *http.Transport
+	transport *upstream.Transport
 	checker   *health.Checker
 	retired   atomic.Bool // set by Cleanup
+	nameValue any         // name, boxed once for the replacer
 }
 
 // target is what serving a request with an instance takes.
@@ -147,6 +154,8 @@ type target struct {
 	// The Set-Cookie values that pin a client to the instance, for plain
 	// HTTP and TLS; empty without sticky_cookie.
 	cookie, secureCookie string
+	// logField adds the app and the instance to the access log entry.
+	logField zap.Field
 }
 
 // InstanceConfig is one backend instance of an app.
@@ -177,6 +186,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // checks. Any error names the app and the field at fault.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
 	if len(h.Apps) == 0 {
 		return fmt.Errorf("apps: %w", ErrNoApps)
 	}
@@ -191,6 +201,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.router.add(pattern, app); err != nil {
 			return fmt.Errorf("app %q: host: %w: another app already serves it", app.name, err)
 		}
+	}
+
+	var err error
+	if h.events, err = loadEvents(ctx); err != nil {
+		return err
+	}
+	for _, app := range h.Apps {
+		if app.checker != nil {
+			app.checker.OnChange = h.emitHealthChange(app)
+		}
+	}
+	if h.unmetrics, err = registerMetrics(ctx.GetMetricsRegistry(), h); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
 	}
 
 	// Health checks run for as long as this config does: they start once
@@ -243,6 +266,9 @@ func (h *Handler) Cleanup() error {
 	if h.unregister != nil {
 		h.unregister()
 	}
+	if h.unmetrics != nil {
+		h.unmetrics()
+	}
 	if h.stopHealth != nil {
 		h.stopHealth()
 	}
@@ -271,6 +297,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // ReportApps implements report.Source.
 func (h *Handler) ReportApps() []report.App {
 	apps := make([]report.App, 0, len(h.Apps))
+	now := backend.Now()
 	for _, app := range h.Apps {
 		ra := report.App{Host: app.Host, Strategy: app.Strategy}
 		for _, in := range app.pool.All() {
@@ -283,6 +310,7 @@ func (h *Handler) ReportApps() []report.App {
 				Failures:          st.Failures,
 				LastError:         st.LastError,
 			}
+			setRecent(&ri, in.Recent(now))
 			if !st.LastChecked.IsZero() {
 				t := st.LastChecked.UTC()
 				ri.LastChecked = &t
@@ -373,7 +401,7 @@ func (a *App) provision(logger *zap.Logger) error {
 		}
 		in := backend.NewWeighted(u, weight)
 		instances = append(instances, in)
-		a.targets[in] = &target{proxy: newProxy(u, a.transport, errorLog)}
+		a.targets[in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, in)}
 		if healthURI != nil {
 			probe := *u
 			probe.Path = joinPath(u.Path, healthURI.Path)
@@ -383,6 +411,7 @@ func (a *App) provision(logger *zap.Logger) error {
 		}
 	}
 	a.pool = backend.NewPool(instances...)
+	a.nameValue = a.name
 	if a.StickyCookie != "" {
 		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
 		for value, in := range a.sticky.instances {
@@ -413,6 +442,12 @@ func (a *App) errorf(field string, err error) error {
 // and it is available, or else to an instance picked by the app's strategy
 // (and then sets the sticky cookie, if the app has one).
 func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
+	start := backend.Now()
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
+		repl.Set("http.load_balancer.app", a.nameValue)
+		repl.Set("http.load_balancer.retries", zeroValue)
+	}
 	var in *backend.Instance
 	if a.sticky != nil {
 		in = a.sticky.pinned(r)
@@ -420,11 +455,20 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	pinned := in != nil
 	if !pinned {
 		if in = a.strategy.Select(a.pool, r); in == nil {
+			setDuration(repl, start)
 			return caddyhttp.Error(http.StatusServiceUnavailable,
 				fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
 		}
 	}
 	t := a.targets[in]
+	if repl != nil {
+		repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
+	}
+	if accessLogged(r) {
+		if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+			extra.Set(t.logField)
+		}
+	}
 	if a.sticky != nil && !pinned {
 		cookie := t.cookie
 		if r.TLS != nil {
@@ -433,19 +477,115 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Add("Set-Cookie", cookie)
 	}
 	in.Acquire()
-	defer a.done(in) // also when the proxy aborts the response with a panic
+	defer a.done(in, repl, start) // also when the proxy aborts the response with a panic
 	return proxy(t.proxy, in, a.observer, a.timeout, w, r)
 }
 
-// done ends a request to in.
-func (a *App) done(in *backend.Instance) {
+// done ends a request to in that started at start (as returned by
+// backend.Now).
+func (a *App) done(in *backend.Instance, repl *caddy.Replacer, start int64) {
 	in.Release()
+	setDuration(repl, start)
 	if a.retired.Load() {
 		// Caddy finishes the requests of an unloaded config on it, after
 		// Cleanup: the connection this one gave back must not linger.
 		a.transport.CloseIdleConnections()
 	}
 }
+
+// zeroValue is 0 boxed once, for the retries placeholder.
+var zeroValue any = 0
+
+// setDuration sets the duration placeholder: the time since start (as
+// returned by backend.Now).
+func setDuration(repl *caddy.Replacer, start int64) {
+	if repl != nil {
+		repl.Set("http.load_balancer.duration", time.Duration(backend.Now()-start))
+	}
+}
+
+// accessLogField returns the field that adds load_balancer_app and
+// load_balancer_instance to the access log entry of a request served by in.
+// It inlines them (one field, so one allocation per request in Caddy's
+// list of extra fields); its key lets ExtraLogFields.Set replace it should
+// a request be served twice.
+func accessLogField(app string, in *backend.Instance) zap.Field {
+	return zap.Field{Key: "load_balancer", Type: zapcore.InlineMarshalerType,
+		Interface: &accessLogFields{app: app, instance: in.String()}}
+}
+
+// accessLogged reports whether r's server may write access logs. Adding
+// a field costs two allocations (Caddy's list of fields, and the cache of
+// loggers it resets); a server without access logs is spared them.
+func accessLogged(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return !ok || srv.Logs != nil
+}
+
+type accessLogFields struct{ app, instance string }
+
+func (f *accessLogFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("load_balancer_app", f.app)
+	enc.AddString("load_balancer_instance", f.instance)
+	return nil
+}
+
+// loadEvents returns the events app of ctx's config, loading it if the
+// config has none, as reverse_proxy does: handlers may subscribe to our
+// events from code too. A context made by hand (caddy.NewContext of a bare
+// caddy.Context, as Go callers and tests do) has no config, where ctx.App
+// panics; it has no events app and no subscribers either, so the handler
+// goes without.
+func loadEvents(ctx caddy.Context) (app *caddyevents.App, err error) {
+	defer func() {
+		if recover() != nil {
+			app, err = nil, nil
+		}
+	}()
+	a, err := ctx.App("events")
+	if err != nil {
+		return nil, fmt.Errorf("loading the events app: %v", err)
+	}
+	return a.(*caddyevents.App), nil
+}
+
+// emitHealthChange returns the health checker's OnChange for app: it emits
+// load_balancer.instance_healthy or load_balancer.instance_unhealthy with
+// the app, the instance (its redacted URL) and the reason.
+func (h *Handler) emitHealthChange(app *App) func(context.Context, *backend.Instance, bool, string) {
+	return func(ctx context.Context, in *backend.Instance, healthy bool, reason string) {
+		if h.events == nil || ctx.Err() != nil || h.ctx.Err() != nil {
+			return
+		}
+		name := "load_balancer.instance_unhealthy"
+		if healthy {
+			name = "load_balancer.instance_healthy"
+		}
+		h.events.Emit(h.ctx, name, map[string]any{
+			"app":      app.name,
+			"instance": in.String(),
+			"reason":   reason,
+		})
+	}
+}
+
+// setRecent fills in the report's last-minute figures of an instance.
+func setRecent(ri *report.Instance, rec backend.Recent) {
+	rate := float64(rec.Requests) / backend.WindowSeconds
+	ri.RequestRate = &rate
+	var errorRate float64
+	if rec.Requests > 0 {
+		errorRate = float64(rec.Errors) / float64(rec.Requests)
+	}
+	ri.ErrorRate = &errorRate
+	if rec.Latencies > 0 {
+		p50, p99 := ms(rec.P50), ms(rec.P99)
+		ri.LatencyP50Ms, ri.LatencyP99Ms = &p50, &p99
+	}
+}
+
+// ms returns d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // parseHealthURI checks a health_uri: a path starting with "/", with an
 // optional query.

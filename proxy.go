@@ -17,6 +17,7 @@ import (
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/strategy"
+	"github.com/golb/caddy-lb/upstream"
 )
 
 // StatusClientClosedRequest is the status logged for a request whose client
@@ -24,16 +25,34 @@ import (
 // sees it.
 const StatusClientClosedRequest = 499
 
-// newTransport returns the transport an app proxies through: one keep-alive
-// pool per instance, sized for a busy backend, and the app's timeout
-// applied to dialing, the TLS handshake and waiting for response headers.
-func newTransport(timeout time.Duration) *http.Transport {
-	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+// newTransport returns the transport an app proxies through. Plain http
+// backends go through upstream.Transport, which does each exchange in the
+// handler's goroutine over pooled keep-alive connections (up to 256 idle
+// per instance) instead of handing it to http.Transport's per-connection
+// goroutines: that hand-off is most of a proxied request's cost. https
+// backends (which may speak HTTP/2) and whatever else the fast path leaves
+// out go through a standard http.Transport. The app's timeout applies to
+// dialing, the TLS handshake and waiting for response headers either way.
+func newTransport(timeout time.Duration) *upstream.Transport {
+	return &upstream.Transport{
+		Fallback:              newStdTransport(timeout),
+		DialContext:           dialer(timeout).DialContext,
+		DialTimeout:           timeout,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+		MaxIdlePerHost:        256,
+		IdleTimeout:           90 * time.Second,
+	}
+}
+
+// newStdTransport returns a standard transport with the same settings.
+func newStdTransport(timeout time.Duration) *http.Transport {
 	return &http.Transport{
 		// Backends are addressed directly: HTTP_PROXY and friends in
 		// Caddy's environment are not meant for them.
 		Proxy:                 nil,
-		DialContext:           dialer.DialContext,
+		DialContext:           dialer(timeout).DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
@@ -45,11 +64,15 @@ func newTransport(timeout time.Duration) *http.Transport {
 	}
 }
 
+func dialer(timeout time.Duration) *net.Dialer {
+	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+}
+
 // newProbeTransport returns the transport health checks go through: its
 // own small pool, so probes neither wait behind nor take connections from
 // proxied traffic.
 func newProbeTransport(timeout time.Duration) *http.Transport {
-	t := newTransport(timeout)
+	t := newStdTransport(timeout)
 	t.MaxIdleConnsPerHost = 1
 	return t
 }
@@ -134,28 +157,35 @@ func setForwarded(pr *httputil.ProxyRequest) {
 }
 
 // proxy sends r to the instance through rp and turns a failure into the
-// error Caddy should answer with. If obs is not nil, it is told how long
-// the instance took to send its response headers (from just before the
-// request is sent, dialing included); a request the instance failed (502,
-// 504) counts as taking at least penalty, so that a broken instance looks
-// slow rather than fast. Requests the client gave up on count nothing.
+// error Caddy should answer with. The instance records how long it took to
+// send its response headers (from just before the request is sent, dialing
+// included) and the status the client got. If obs is not nil, it is told
+// that latency too; a request the instance failed (502, 504) counts as
+// taking at least penalty, so that a broken instance looks slow rather than
+// fast. Requests the client gave up on count nothing for obs.
 func proxy(rp *httputil.ReverseProxy, in *backend.Instance, obs strategy.Observer, penalty time.Duration,
 	w http.ResponseWriter, r *http.Request) error {
 	pw := writers.Get().(*proxyWriter)
 	pw.ResponseWriter = w
+	pw.obs, pw.in, pw.start = obs, in, backend.Now()
 	defer func() {
+		// Also when the response is aborted with a panic: the status the
+		// client got is the one written, if any.
+		status := pw.status
+		if status == 0 {
+			status = http.StatusBadGateway
+		}
+		in.RecordResponse(status, backend.Now())
 		*pw = proxyWriter{}
 		writers.Put(pw)
 	}()
-	if obs != nil {
-		pw.obs, pw.in, pw.start = obs, in, backend.Now()
-	}
 
 	rp.ServeHTTP(pw, r)
 	if pw.err == nil {
 		return nil
 	}
 	status := statusFor(r, pw.err)
+	pw.status = status
 	if status != StatusClientClosedRequest {
 		in.RecordFailure()
 		pw.observeAtLeast(penalty)
@@ -188,10 +218,11 @@ func statusFor(r *http.Request, err error) int {
 type proxyWriter struct {
 	http.ResponseWriter
 	started bool // a final status or body bytes were written
+	status  int  // the final status written, or the error's
 	err     error
 
-	// Latency observation, when the strategy wants it (obs not nil).
-	obs      strategy.Observer
+	// Latency observation.
+	obs      strategy.Observer // nil unless the strategy wants it
 	in       *backend.Instance
 	start    int64 // backend.Now before the request was sent
 	observed bool
@@ -201,17 +232,34 @@ var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
+		if !w.started {
+			w.status = code
+		}
 		w.started = true
 		w.observe()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// observe reports the time since the request was sent, once, if the
-// strategy wants it.
-func (w *proxyWriter) observe() { w.observeAtLeast(0) }
+// observe records the time since the request was sent as the instance's
+// response-header latency, once, and reports it to the strategy if it
+// wants it.
+func (w *proxyWriter) observe() {
+	if w.observed {
+		return
+	}
+	w.observed = true
+	now := backend.Now()
+	d := time.Duration(now - w.start)
+	w.in.ObserveResponseHeader(d, now)
+	if w.obs != nil {
+		w.obs.Observe(w.in, d)
+	}
+}
 
-// observeAtLeast is observe with a floor on the time reported.
+// observeAtLeast reports the time since the request was sent to the
+// strategy, at least floor, once, for a request the instance failed: it
+// records no response-header latency, there was no response.
 func (w *proxyWriter) observeAtLeast(floor time.Duration) {
 	if w.obs != nil && !w.observed {
 		w.observed = true
@@ -220,7 +268,12 @@ func (w *proxyWriter) observeAtLeast(floor time.Duration) {
 }
 
 func (w *proxyWriter) Write(b []byte) (int, error) {
-	w.started = true
+	if !w.started {
+		// A body without WriteHeader: 200, as the server will send.
+		w.status = http.StatusOK
+		w.started = true
+		w.observe()
+	}
 	return w.ResponseWriter.Write(b)
 }
 

@@ -35,6 +35,8 @@ type Instance struct {
 	lastCheck atomic.Int64  // unix nanoseconds of the last health check; 0 = never
 	lastError atomic.Pointer[string]
 
+	stats stats // for the metrics and the report, see stats.go
+
 	// checking is held while a health check of this instance runs, so that
 	// checks never stack up behind a slow backend.
 	checking sync.Mutex
@@ -122,9 +124,11 @@ func (in *Instance) FinishCheck(at time.Time, err error) (changed bool) {
 	defer in.checking.Unlock()
 	in.lastCheck.Store(at.UnixNano())
 	if err != nil {
+		in.stats.checksFailed.Add(1)
 		msg := err.Error()
 		in.lastError.Store(&msg)
 	} else {
+		in.stats.checksPassed.Add(1)
 		in.lastError.Store(nil)
 	}
 	return in.SetHealthy(err == nil)

@@ -36,6 +36,10 @@ type Checker struct {
 	Client *http.Client
 	// Logger gets one line for each change of an instance's health.
 	Logger *zap.Logger
+	// OnChange, if set, is called after each change of an instance's
+	// health is logged, from the probe's goroutine, with the new health
+	// and the reason as logged. It is not called once ctx has ended.
+	OnChange func(ctx context.Context, in *backend.Instance, healthy bool, reason string)
 }
 
 // Target is an instance and the URL its health is read from.
@@ -87,27 +91,35 @@ func (c *Checker) Run(ctx context.Context) {
 // check probes one target whose check the caller has started, and records
 // and logs the outcome.
 func (c *Checker) check(ctx context.Context, t Target) {
+	start := time.Now()
 	err := Probe(ctx, c.Client, t.URL, c.Timeout)
+	took := time.Since(start)
 	if ctx.Err() != nil {
 		// The config is being unloaded: the probe was cut short by us, so
 		// it says nothing about the instance.
 		t.Instance.AbandonCheck()
 		return
 	}
+	t.Instance.ObserveCheck(took)
 	if !t.Instance.FinishCheck(time.Now(), err) {
 		return
 	}
+	reason := "health check passed"
 	if err != nil {
+		reason = err.Error()
 		c.Logger.Warn("instance unhealthy",
 			zap.String("app", c.App),
 			zap.String("instance", t.Instance.String()),
-			zap.String("reason", err.Error()))
-		return
+			zap.String("reason", reason))
+	} else {
+		c.Logger.Info("instance healthy",
+			zap.String("app", c.App),
+			zap.String("instance", t.Instance.String()),
+			zap.String("reason", reason))
 	}
-	c.Logger.Info("instance healthy",
-		zap.String("app", c.App),
-		zap.String("instance", t.Instance.String()),
-		zap.String("reason", "health check passed"))
+	if c.OnChange != nil && ctx.Err() == nil {
+		c.OnChange(ctx, t.Instance, err == nil, reason)
+	}
 }
 
 // Probe sends one GET to target and returns nil if the answer is 2xx

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -218,6 +219,15 @@ func TestRunLogsEachChangeOnce(t *testing.T) {
 	})
 	in := newInstance(t, srv.URL)
 	logger, logs, written := newLogger()
+	type change struct {
+		in      *backend.Instance
+		healthy bool
+		reason  string
+	}
+	var (
+		changesMu sync.Mutex
+		changes   []change
+	)
 	c := &health.Checker{
 		App:      "shop",
 		Targets:  []health.Target{{Instance: in, URL: srv.URL + "/health"}},
@@ -225,6 +235,11 @@ func TestRunLogsEachChangeOnce(t *testing.T) {
 		Timeout:  time.Hour,
 		Client:   newClient(t),
 		Logger:   logger,
+		OnChange: func(_ context.Context, in *backend.Instance, healthy bool, reason string) {
+			changesMu.Lock()
+			defer changesMu.Unlock()
+			changes = append(changes, change{in, healthy, reason})
+		},
 	}
 	stop, returned := run(t, c)
 	abort := make(chan struct{}) // Run returned, or probes overlapped
@@ -262,6 +277,11 @@ func TestRunLogsEachChangeOnce(t *testing.T) {
 	if n := logs.Len(); n != 2 {
 		t.Errorf("%d log lines, want exactly 2 (one per change): %v", n, logs.All())
 	}
+	changesMu.Lock()
+	if want := []change{{in, false, "status 500"}, {in, true, "health check passed"}}; !slices.Equal(changes, want) {
+		t.Errorf("OnChange calls %v, want %v", changes, want)
+	}
+	changesMu.Unlock()
 	for _, e := range logs.All() {
 		for _, f := range e.Context {
 			if strings.Contains(f.String, "s3cr3t") {

@@ -1,0 +1,238 @@
+package caddylb
+
+import (
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/golb/caddy-lb/backend"
+)
+
+// Prometheus metrics, served with Caddy's on the admin endpoint's /metrics
+// (and by the metrics handler).
+//
+// Caddy gives each config load a registry of its own. Each registry gets one
+// collector, which every load_balancer handler of that config joins in
+// Provision and leaves in Cleanup; the collector reads the live instances
+// at scrape time. So gauges are current when scraped, the series of an
+// instance go away with the config that had it, and the counts live in the
+// instances themselves (backend.Instance), as long as they do.
+
+const metricsPrefix = "caddy_load_balancer_"
+
+var (
+	labelsInstance = []string{"app", "instance"}
+
+	descHealthy = prometheus.NewDesc(metricsPrefix+"instance_healthy",
+		"Whether the instance passes its health checks (1) or not (0); instances of apps without health checks are healthy.",
+		labelsInstance, nil)
+	descState = prometheus.NewDesc(metricsPrefix+"instance_state",
+		"The instance's state: 1 for the state it is in (healthy or unhealthy), 0 for the others.",
+		append(slices.Clone(labelsInstance), "state"), nil)
+	descInFlight = prometheus.NewDesc(metricsPrefix+"instance_in_flight",
+		"Requests the instance is serving now.",
+		labelsInstance, nil)
+	descWeight = prometheus.NewDesc(metricsPrefix+"instance_weight",
+		"The instance's weight; 0 means it takes no new requests.",
+		labelsInstance, nil)
+	descRequests = prometheus.NewDesc(metricsPrefix+"requests_total",
+		"Requests sent to the instance, by the class of the status the client got (502, 504 and 499 when the instance failed them).",
+		append(slices.Clone(labelsInstance), "code_class"), nil)
+	descResponseHeader = prometheus.NewDesc(metricsPrefix+"response_header_seconds",
+		"Time from sending a request to the instance (dialing included) to its response headers.",
+		labelsInstance, nil)
+	descChecks = prometheus.NewDesc(metricsPrefix+"health_checks_total",
+		"Active health checks of the instance, by result (passed or failed).",
+		append(slices.Clone(labelsInstance), "result"), nil)
+	descCheckSeconds = prometheus.NewDesc(metricsPrefix+"health_check_seconds",
+		"Duration of the active health checks of the instance.",
+		labelsInstance, nil)
+	descRetries = prometheus.NewDesc(metricsPrefix+"retries_total",
+		"Requests retried on another instance after this one failed them.",
+		labelsInstance, nil)
+	descEjections = prometheus.NewDesc(metricsPrefix+"ejections_total",
+		"Times the instance was ejected by passive health checking.",
+		labelsInstance, nil)
+
+	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descRequests,
+		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections}
+)
+
+// instanceStates are the values of the state label.
+var instanceStates = [...]string{"healthy", "unhealthy"}
+
+// collector reports the instances of the load balancers of one config.
+type collector struct {
+	mu       sync.Mutex
+	handlers []*Handler
+}
+
+var (
+	collectorsMu sync.Mutex
+	collectors   = map[*prometheus.Registry]*collector{}
+)
+
+// registerMetrics adds h to the metrics of registry reg and returns the
+// function that removes it. A nil registry (a bare caddy.Context) has no
+// metrics.
+func registerMetrics(reg *prometheus.Registry, h *Handler) (unregister func(), err error) {
+	if reg == nil {
+		return func() {}, nil
+	}
+	collectorsMu.Lock()
+	defer collectorsMu.Unlock()
+	c := collectors[reg]
+	if c == nil {
+		c = new(collector)
+		if err := reg.Register(c); err != nil {
+			are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err)
+			if !ok {
+				return nil, err
+			}
+			if c, ok = are.ExistingCollector.(*collector); !ok {
+				return nil, err
+			}
+		}
+		collectors[reg] = c
+	}
+	c.mu.Lock()
+	c.handlers = append(c.handlers, h)
+	c.mu.Unlock()
+	return func() {
+		collectorsMu.Lock()
+		defer collectorsMu.Unlock()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.handlers = slices.DeleteFunc(c.handlers, func(x *Handler) bool { return x == h })
+		if len(c.handlers) == 0 && collectors[reg] == c {
+			// The config is going away; should the registry get another
+			// handler, Register finds c again.
+			delete(collectors, reg)
+		}
+	}, nil
+}
+
+// Describe implements prometheus.Collector.
+func (*collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range allDescs {
+		ch <- d
+	}
+}
+
+// instanceMetrics is what is reported of one series of instances: one
+// instance, or several handlers' instances of the same app and URL merged.
+type instanceMetrics struct {
+	app, instance string
+	healthy       bool
+	checked       bool // its app has active health checks
+	inFlight      int64
+	weight        int
+	m             backend.Metrics
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	handlers := slices.Clone(c.handlers)
+	c.mu.Unlock()
+
+	// Two handlers may have an app of the same host with the same
+	// instance URL; a registry refuses two series with the same labels, so
+	// theirs are merged: counts added up, healthy only if both are.
+	type key struct{ app, instance string }
+	index := map[key]int{}
+	var series []instanceMetrics
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			for _, in := range app.pool.All() {
+				k := key{app.name, in.String()}
+				im := instanceMetrics{
+					app: k.app, instance: k.instance,
+					healthy: in.Healthy(), checked: app.checker != nil,
+					inFlight: in.InFlight(), weight: in.Weight(), m: in.Metrics(),
+				}
+				if i, ok := index[k]; ok {
+					series[i].merge(&im)
+					continue
+				}
+				index[k] = len(series)
+				series = append(series, im)
+			}
+		}
+	}
+	for i := range series {
+		series[i].collect(ch)
+	}
+}
+
+func (im *instanceMetrics) merge(o *instanceMetrics) {
+	im.healthy = im.healthy && o.healthy
+	im.checked = im.checked || o.checked
+	im.inFlight += o.inFlight
+	im.weight += o.weight
+	for i := range im.m.Responses {
+		im.m.Responses[i] += o.m.Responses[i]
+	}
+	mergeHistogram(&im.m.ResponseHeader, &o.m.ResponseHeader)
+	im.m.ChecksPassed += o.m.ChecksPassed
+	im.m.ChecksFailed += o.m.ChecksFailed
+	mergeHistogram(&im.m.CheckDuration, &o.m.CheckDuration)
+	im.m.Retries += o.m.Retries
+	im.m.Ejections += o.m.Ejections
+}
+
+func mergeHistogram(h, o *backend.HistogramSnapshot) {
+	h.Count += o.Count
+	h.Sum += o.Sum
+	for i := range h.Buckets {
+		h.Buckets[i] += o.Buckets[i]
+	}
+}
+
+func (im *instanceMetrics) collect(ch chan<- prometheus.Metric) {
+	app, inst := im.app, im.instance
+	gauge := func(d *prometheus.Desc, v float64, extra ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append([]string{app, inst}, extra...)...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, extra ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{app, inst}, extra...)...)
+	}
+	histogram := func(d *prometheus.Desc, h *backend.HistogramSnapshot) {
+		buckets := make(map[float64]uint64, len(h.Buckets))
+		for i, b := range backend.HistogramBounds {
+			buckets[b] = h.Buckets[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets, app, inst)
+	}
+
+	state := instanceStates[1]
+	if im.healthy {
+		state = instanceStates[0]
+	}
+	gauge(descHealthy, b2f(im.healthy))
+	for _, s := range instanceStates {
+		gauge(descState, b2f(s == state), s)
+	}
+	gauge(descInFlight, float64(im.inFlight))
+	gauge(descWeight, float64(im.weight))
+	for i, class := range backend.StatusClasses {
+		counter(descRequests, im.m.Responses[i], class)
+	}
+	histogram(descResponseHeader, &im.m.ResponseHeader)
+	if im.checked {
+		counter(descChecks, im.m.ChecksPassed, "passed")
+		counter(descChecks, im.m.ChecksFailed, "failed")
+		histogram(descCheckSeconds, &im.m.CheckDuration)
+	}
+	counter(descRetries, im.m.Retries)
+	counter(descEjections, im.m.Ejections)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
