@@ -69,11 +69,15 @@ func dialer(timeout time.Duration) *net.Dialer {
 }
 
 // newProbeTransport returns the transport health checks go through: its
-// own small pool, so probes neither wait behind nor take connections from
-// proxied traffic.
-func newProbeTransport(timeout time.Duration) *http.Transport {
-	t := newStdTransport(timeout)
-	t.MaxIdleConnsPerHost = 1
+// own pool of one idle connection per instance, so probes neither wait
+// behind nor take connections from proxied traffic. It is the fast path
+// too: an idle connection there costs no goroutine, which counts when an
+// app checks thousands of instances.
+func newProbeTransport(timeout time.Duration) *upstream.Transport {
+	std := newStdTransport(timeout)
+	std.MaxIdleConnsPerHost = 1
+	t := newTransport(timeout)
+	t.Fallback, t.MaxIdlePerHost = std, 1
 	return t
 }
 
