@@ -6,9 +6,9 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/internal/cookie"
 )
 
 // stickyCookie pins a client to the instance that served it, on top of any
@@ -63,7 +63,7 @@ func (sc *stickyCookie) setCookie(value string) (plain, secure string) {
 // pinned returns the instance r's cookie names if it is available, or nil.
 // It allocates nothing.
 func (sc *stickyCookie) pinned(r *http.Request) *backend.Instance {
-	v := cookieValue(r.Header["Cookie"], sc.name)
+	v := cookie.Value(r.Header["Cookie"], sc.name)
 	if v == "" {
 		return nil
 	}
@@ -71,28 +71,6 @@ func (sc *stickyCookie) pinned(r *http.Request) *backend.Instance {
 		return in
 	}
 	return nil
-}
-
-// cookieValue returns the value of the cookie named name in Cookie header
-// lines, or "", without allocating (http.Request.Cookie parses them all).
-func cookieValue(lines []string, name string) string {
-	for _, line := range lines {
-		for line != "" {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-			if !ok || k != name {
-				continue
-			}
-			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
-				v = v[1 : len(v)-1]
-			}
-			if v != "" {
-				return v
-			}
-		}
-	}
-	return ""
 }
 
 // validCookieName reports whether name may name a cookie.

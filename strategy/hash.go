@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/internal/cookie"
 )
 
 // DefaultHashKey is what the hash strategy hashes when hash_key is not set.
@@ -224,7 +225,7 @@ func (s *Hash) keyHash(r *http.Request) (uint64, bool) {
 			key = v[0]
 		}
 	case keyCookie:
-		key = cookieValue(r.Header["Cookie"], s.name)
+		key = cookie.Value(r.Header["Cookie"], s.name)
 	case keyQuery:
 		if r.URL != nil {
 			key = queryValue(r.URL.RawQuery, s.name)
@@ -254,28 +255,6 @@ func hostOf(addr string) string {
 		addr = addr[:i]
 	}
 	return strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
-}
-
-// cookieValue returns the value of the cookie named name in Cookie header
-// lines, without allocating.
-func cookieValue(lines []string, name string) string {
-	for _, line := range lines {
-		for line != "" {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-			if !ok || k != name {
-				continue
-			}
-			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
-				v = v[1 : len(v)-1]
-			}
-			if v != "" {
-				return v
-			}
-		}
-	}
-	return ""
 }
 
 // queryValue returns the first non-empty value of the parameter name in a
