@@ -1,6 +1,7 @@
 package caddylb_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -503,5 +506,56 @@ http://:{port} {
 				t.Fatalf("healthy = %v, want %v", got, tt.wantHealthy)
 			}
 		})
+	}
+}
+
+// TestReportOrderAcrossServers checks the order of load balancers of
+// different Caddy servers, which Caddy provisions in random order (servers
+// are a map): by server name, numbers as numbers (srv2 before srv10), and
+// the same on every load.
+func TestReportOrderAcrossServers(t *testing.T) {
+	b := newBackend(t, "b")
+	s := newSite(t)
+	var body strings.Builder
+	for i := range 12 {
+		fmt.Fprintf(&body, "http://:%d {\n\tload_balancer {\n\t\tapp s%d.test {\n\t\t\tinstances %s\n\t\t}\n\t}\n}\n", freePort(), i, b.URL)
+	}
+
+	// The expected order, from the adapted config: each server's app.
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]json.RawMessage
+			}
+		}
+	}
+	if err := json.Unmarshal(adapt(t, s.caddyfile(body.String())), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for name := range cfg.Apps.HTTP.Servers {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(len(a), len(b)), strings.Compare(a, b)) // srvN names
+	})
+	var want []string
+	for _, name := range names {
+		host := regexp.MustCompile(`"host":"(s\d+\.test)"`).FindStringSubmatch(string(cfg.Apps.HTTP.Servers[name]))
+		if host == nil {
+			t.Fatalf("server %s has no app: %s", name, cfg.Apps.HTTP.Servers[name])
+		}
+		want = append(want, host[1])
+	}
+
+	for range 3 { // each load provisions the servers in a new random order
+		s.load(body.String())
+		var got []string
+		for _, app := range fetchReport(t).Apps {
+			got = append(got, app.Host)
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("report order %v, want %v (servers %v)", got, want, names)
+		}
 	}
 }

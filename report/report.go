@@ -9,15 +9,18 @@
 package report
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // Path is where the report is served on Caddy's admin endpoint.
@@ -75,6 +78,7 @@ type Source interface {
 
 type entry struct {
 	seq    uint64
+	server string          // name of the Caddy HTTP server the source is in
 	config <-chan struct{} // Done channel of the config the source belongs to
 	src    Source
 }
@@ -86,14 +90,22 @@ var (
 )
 
 // Register adds src, a load balancer of the config whose context is ctx, to
-// the report, and returns the function that removes it. The report shows
-// sources in the order they were registered, which is config order within a
-// server.
+// the report, and returns the function that removes it.
+//
+// The report lists sources by server, then in the order they were
+// registered, which is config order within a server. Caddy provisions its
+// servers in no fixed order (they are a map), but the Caddyfile adapter
+// names them srv0, srv1, ... in the order of the sites, so ordering servers
+// by name, numbers compared as numbers, gives Caddyfile order.
 func Register(ctx context.Context, src Source) (unregister func()) {
+	var server string
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok && srv != nil {
+		server = srv.Name()
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	nextSeq++
-	e := &entry{seq: nextSeq, config: ctx.Done(), src: src}
+	e := &entry{seq: nextSeq, server: server, config: ctx.Done(), src: src}
 	entries = append(entries, e)
 	return func() {
 		mu.Lock()
@@ -111,19 +123,58 @@ func Current() Report {
 		running = active.Done()
 	}
 	mu.Lock()
-	srcs := make([]Source, 0, len(entries))
+	live := make([]*entry, 0, len(entries))
 	for _, e := range entries {
 		if e.config == running {
-			srcs = append(srcs, e.src)
+			live = append(live, e)
 		}
 	}
 	mu.Unlock()
+	slices.SortFunc(live, func(a, b *entry) int {
+		if c := compareNatural(a.server, b.server); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
 
 	rep := Report{Apps: []App{}}
-	for _, src := range srcs {
-		rep.Apps = append(rep.Apps, src.ReportApps()...)
+	for _, e := range live {
+		rep.Apps = append(rep.Apps, e.src.ReportApps()...)
 	}
 	return rep
+}
+
+// compareNatural compares strings with runs of digits compared as numbers,
+// so that "srv2" sorts before "srv10".
+func compareNatural(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitsPrefix(a), digitsPrefix(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Compare(len(na), len(nb)); c != 0 {
+				return c
+			}
+			if c := strings.Compare(na, nb); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// digitsPrefix returns the length of the run of ASCII digits s starts with.
+func digitsPrefix(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 func init() {
