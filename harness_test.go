@@ -127,6 +127,9 @@ func (s *site) url(path string) string {
 }
 
 // get sends a GET for path with the given Host and returns status and body.
+// Like adminDo, it sends the request again if the connection was reset
+// before any answer, as happens to connections queued on a listener that a
+// reload of the same port closes: those never reached the load balancer.
 func (s *site) get(host, path string) (int, string) {
 	s.t.Helper()
 	req, err := http.NewRequest(http.MethodGet, s.url(path), nil)
@@ -134,7 +137,7 @@ func (s *site) get(host, path string) (int, string) {
 		s.t.Fatal(err)
 	}
 	req.Host = host
-	resp, err := client.Do(req)
+	resp, err := retryReset(client, req)
 	if err != nil {
 		s.t.Fatalf("GET %s (Host %s): %v", path, host, err)
 	}
@@ -152,10 +155,52 @@ var client = &http.Client{
 	Timeout:   30 * time.Second,
 }
 
+// adminClient talks to Caddy's admin endpoint, on a new connection each
+// time: Caddy replaces its admin server with every config it loads.
+var adminClient = &http.Client{
+	Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true},
+	Timeout:   30 * time.Second,
+}
+
+// adminDo sends req to the admin endpoint. When Caddy replaces its admin
+// server it closes the old listener, which on Linux resets connections
+// still queued on it: such a request never reached Caddy, and is sent again
+// (for a few seconds at most).
+func adminDo(req *http.Request) (*http.Response, error) {
+	return retryReset(adminClient, req)
+}
+
+// retryReset sends req with c, and again (for a few seconds at most) while
+// the connection is reset or closed before any answer.
+func retryReset(c *http.Client, req *http.Request) (*http.Response, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := c.Do(req)
+		if err == nil || !isConnReset(err) || time.Now().After(deadline) {
+			return resp, err
+		}
+		if req.GetBody != nil {
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // pacing the retries, not waiting for an event
+	}
+}
+
+// adminGet sends a GET for path to the admin endpoint (see adminDo).
+func adminGet(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+adminAddr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return adminDo(req)
+}
+
 // fetchReport reads the load balancer report from the admin endpoint.
 func fetchReport(t testing.TB) report.Report {
 	t.Helper()
-	resp, err := client.Get("http://" + adminAddr + report.Path)
+	resp, err := adminGet(report.Path)
 	if err != nil {
 		t.Fatalf("GET report: %v", err)
 	}

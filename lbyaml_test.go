@@ -626,7 +626,9 @@ func TestLBYAMLAdminLoad(t *testing.T) {
 
 	post := func(body string) (int, string) {
 		t.Helper()
-		resp, err := client.Post("http://"+adminAddr+"/load", "text/lbyaml", strings.NewReader(body))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/load", strings.NewReader(body))
+		req.Header.Set("Content-Type", "text/lbyaml")
+		resp, err := adminDo(req)
 		if err != nil {
 			t.Fatal(err)
 		}

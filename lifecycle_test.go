@@ -50,7 +50,8 @@ http://:{port} {
 	}{{503, "instance unhealthy"}, {0, "instance healthy"}} {
 		b.health.Store(step.status)
 		waitFor(t, step.msg, func() bool {
-			return len(healthChanges()) > 0 && healthChanges()[len(healthChanges())-1]["msg"] == step.msg
+			lines := healthChanges()
+			return len(lines) > 0 && lines[len(lines)-1]["msg"] == step.msg
 		})
 		probes := b.probes.Load()
 		waitFor(t, "three more probes", func() bool { return b.probes.Load() >= probes+3 })
@@ -122,7 +123,7 @@ http://:{port} {
 	}
 
 	t.Run("raw JSON keeps the original field names", func(t *testing.T) {
-		resp, err := client.Get("http://" + adminAddr + "/api/v1/loadBalancers/report")
+		resp, err := adminGet("/api/v1/loadBalancers/report")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +148,7 @@ http://:{port} {
 	t.Run("other methods get 405", func(t *testing.T) {
 		for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
 			req, _ := http.NewRequest(m, "http://"+adminAddr+"/api/v1/loadBalancers/report", nil)
-			resp, err := client.Do(req)
+			resp, err := adminDo(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -161,7 +162,7 @@ http://:{port} {
 	t.Run("admin host check applies", func(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+adminAddr+"/api/v1/loadBalancers/report", nil)
 		req.Host = "evil.example"
-		resp, err := client.Do(req)
+		resp, err := adminDo(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,19 +32,11 @@ var (
 	labelPair  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
 )
 
-// scrapeClient reads /metrics on a new connection each time: Caddy
-// restarts its admin server with each config, and a request sent on a
-// kept-alive connection just as the old server closes it fails with EOF.
-var scrapeClient = &http.Client{
-	Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true},
-	Timeout:   30 * time.Second,
-}
-
 // scrape reads the samples of the load balancer's metrics from the admin
 // endpoint's /metrics.
 func scrape(t testing.TB) []sample {
 	t.Helper()
-	resp, err := scrapeClient.Get("http://" + adminAddr + "/metrics")
+	resp, err := adminGet("/metrics")
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
 	}
