@@ -248,7 +248,7 @@ func awaitRunning(ctx context.Context, config <-chan struct{}) bool {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if active := caddy.ActiveContext(); active.Context != nil && active.Done() == config {
+		if running := report.RunningConfig(); running != nil && running == config {
 			return true
 		}
 		select {

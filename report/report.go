@@ -114,14 +114,23 @@ func Register(ctx context.Context, src Source) (unregister func()) {
 	}
 }
 
+// RunningConfig returns the Done channel of the config Caddy runs now, nil
+// if none. Every module's context shares the Done channel of its config, so
+// comparing ctx.Done() with it tells whether that config is the running
+// one. Caddy makes a config the running one only after all its apps have
+// started, and stops doing so before it unloads it.
+func RunningConfig() <-chan struct{} {
+	if active := caddy.ActiveContext(); active.Context != nil {
+		return active.Done()
+	}
+	return nil
+}
+
 // Current returns the report of the running config. While a reload is under
 // way, the registry also holds the load balancers of the config being loaded
 // or unloaded; only those of the config Caddy is running are shown.
 func Current() Report {
-	var running <-chan struct{}
-	if active := caddy.ActiveContext(); active.Context != nil {
-		running = active.Done()
-	}
+	running := RunningConfig()
 	mu.Lock()
 	live := make([]*entry, 0, len(entries))
 	for _, e := range entries {
