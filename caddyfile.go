@@ -3,6 +3,7 @@ package caddylb
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -34,11 +35,37 @@ func init() {
 //	        latency_decay         <duration>
 //	        sticky_cookie         <name>
 //	        sticky_cookie_secret  <secret>
-//	        health_uri            <path>
 //	        timeout               <duration>
-//	        health_check_cooldown <duration>
 //	        instances             <urls...>
 //	        instance              <url> [weight <n>]
+//
+//	        # active health checks
+//	        health_uri            <path>
+//	        health_check_cooldown <duration>
+//	        health_method         <method>
+//	        health_headers {
+//	            <name> <values...>
+//	        }
+//	        health_port           <port>
+//	        health_status         <code|class...>
+//	        health_body           <regexp>
+//	        health_passes         <n>
+//	        health_fails          <n>
+//	        initially_unhealthy
+//
+//	        # passive health checks
+//	        max_fails             <n>
+//	        unhealthy_status      <code|class...>
+//	        fail_duration         <duration>
+//	        max_fail_duration     <duration>
+//	        max_ejected_percent   <percent>
+//	        panic_threshold       <percent>
+//	        slow_start            <duration>
+//
+//	        # retries
+//	        retries               <n>
+//	        try_duration          <duration>
+//	        retry_budget_percent  <percent>
 //	    }
 //	    app ...
 //	}
@@ -52,9 +79,19 @@ func init() {
 // <host> is a host name, a one-label wildcard (*.example.com) or * for
 // every host no other app claims. instances and instance may be repeated:
 // each line adds to the app's instances, in the order of the lines;
-// instance gives one URL and optionally its weight. The two forms do not
-// mix: once there is an app block, instances and options go in app blocks
-// only.
+// instance gives one URL and optionally its weight. Every other option may
+// be given once per app. The two forms do not mix: once there is an app
+// block, instances and options go in app blocks only.
+//
+// The options are those of App, under their JSON names. Statuses are codes
+// (503) or classes (5xx). Each line of health_headers is a header name
+// (Host sets the Host header) and one or more values; names are
+// canonicalized (x-probe is X-Probe), and lines with the same name add
+// values. initially_unhealthy takes no argument. max_fails and retries
+// may be 0 (off), and so may slow_start and try_duration; percentages go
+// from 0 to 100; the other counts and durations must be above 0. The
+// options of active health checks from health_method to
+// initially_unhealthy need health_uri.
 //
 // Instance URLs are kept as written; Provision normalizes them. Everything
 // Provision would reject is rejected here too, so that the error points at
@@ -85,7 +122,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // appOptions sets an app's single-valued options from their one argument.
 // instances and instance are handled apart: they take more arguments and
-// may repeat.
+// may repeat; so are the options of listOptions, initially_unhealthy and
+// health_headers.
 var appOptions = map[string]func(app *App, arg string) error{
 	"strategy":              setStrategy,
 	"health_uri":            setHealthURI,
@@ -95,11 +133,40 @@ var appOptions = map[string]func(app *App, arg string) error{
 	"latency_decay":         setLatencyDecay,
 	"sticky_cookie":         setStickyCookie,
 	"sticky_cookie_secret":  setStickyCookieSecret,
+	"health_method":         setHealthMethod,
+	"health_port":           setHealthPort,
+	"health_body":           setHealthBody,
+	"health_passes":         setHealthPasses,
+	"health_fails":          setHealthFails,
+	"max_fails":             setMaxFails,
+	"fail_duration":         setFailDuration,
+	"max_fail_duration":     setMaxFailDuration,
+	"max_ejected_percent":   setMaxEjectedPercent,
+	"panic_threshold":       setPanicThreshold,
+	"retries":               setRetries,
+	"try_duration":          setTryDuration,
+	"retry_budget_percent":  setRetryBudgetPercent,
+	"slow_start":            setSlowStart,
 }
+
+// listOptions set an app's options that take one or more arguments, once.
+var listOptions = map[string]func(app *App, args []string) error{
+	"health_status":    setHealthStatus,
+	"unhealthy_status": setUnhealthyStatus,
+}
+
+// The options that take no arguments, and the one that takes a block.
+const (
+	optInitiallyUnhealthy = "initially_unhealthy"
+	optHealthHeaders      = "health_headers"
+)
 
 // appOptionNames lists the options of an app for error messages.
 const appOptionNames = "strategy, health_uri, timeout, health_check_cooldown, instances, instance, " +
-	"hash_key, latency_decay, sticky_cookie, sticky_cookie_secret"
+	"hash_key, latency_decay, sticky_cookie, sticky_cookie_secret, " +
+	"health_method, health_headers, health_port, health_status, health_body, health_passes, health_fails, initially_unhealthy, " +
+	"max_fails, unhealthy_status, fail_duration, max_fail_duration, max_ejected_percent, panic_threshold, " +
+	"retries, try_duration, retry_budget_percent, slow_start"
 
 // caddyfileParser reads one load_balancer directive.
 type caddyfileParser struct {
@@ -217,19 +284,69 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 			return p.errf(a, "%s already specified", opt)
 		}
 		a.seen[opt] = d.Token()
-		if len(args) != 1 {
-			return p.errf(a, "%s: want 1 argument, got %s", opt, countArgs(args))
-		}
-		if err := appOptions[opt](a.app, args[0]); err != nil {
-			return p.errf(a, "%s: %w", opt, err)
+		switch set := listOptions[opt]; {
+		case opt == optHealthHeaders:
+			return p.parseHealthHeaders(a, args)
+		case opt == optInitiallyUnhealthy:
+			if len(args) != 0 {
+				return p.errf(a, "%s: want no arguments, got %s", opt, countArgs(args))
+			}
+			a.app.InitiallyUnhealthy = true
+		case set != nil:
+			if len(args) == 0 {
+				return p.errf(a, "%s: want one or more statuses (codes such as 503, or classes such as 5xx), got none", opt)
+			}
+			if err := set(a.app, args); err != nil {
+				return p.errf(a, "%s: %w", opt, err)
+			}
+		default:
+			if len(args) != 1 {
+				return p.errf(a, "%s: want 1 argument, got %s", opt, countArgs(args))
+			}
+			if err := appOptions[opt](a.app, args[0]); err != nil {
+				return p.errf(a, "%s: %w", opt, err)
+			}
 		}
 	}
 	// Without this, a block after an option would be read as more options
 	// of the app, and fail with a puzzling message about "{".
 	if d.NextBlock(d.Nesting()) {
 		d.Prev() // back to the "{", on the option's line
-		return p.errf(a, "%s: unexpected block: the option takes arguments only", opt)
+		return p.errf(a, "%s: unexpected block: only %s takes one", opt, optHealthHeaders)
 	}
+	return nil
+}
+
+// parseHealthHeaders reads the block of health_headers, as reverse_proxy's:
+// each line a header name and its values; the cursor is on the option's
+// last token. Names are canonicalized, so that lines naming one header in
+// different cases add to it.
+func (p *caddyfileParser) parseHealthHeaders(a *appParser, args []string) error {
+	d := p.d
+	if len(args) != 0 {
+		return p.errf(a, "%s: want a block of header lines, not arguments (got %s)", optHealthHeaders, countArgs(args))
+	}
+	headers := make(http.Header)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		values := d.RemainingArgs()
+		if len(values) == 0 {
+			return p.errf(a, "%s: %s: want one or more values", optHealthHeaders, name)
+		}
+		key := http.CanonicalHeaderKey(name)
+		if _, err := checkHeaders(http.Header{key: append(headers[key], values...)}); err != nil {
+			return p.errf(a, "%s: %w", optHealthHeaders, err)
+		}
+		if d.NextBlock(d.Nesting()) {
+			d.Prev() // back to the "{", on the header's line
+			return p.errf(a, "%s: %s: unexpected block: a header line takes values only", optHealthHeaders, name)
+		}
+		headers[key] = append(headers[key], values...)
+	}
+	if len(headers) == 0 {
+		return errAt(a.seen[optHealthHeaders], fmt.Errorf("app %q: %s: want a block with a line per header: <name> <values...>", a.name, optHealthHeaders))
+	}
+	a.app.HealthHeaders = headers
 	return nil
 }
 
@@ -310,6 +427,18 @@ func (p *caddyfileParser) checkOptions(a *appParser) error {
 		return errAt(a.seen["sticky_cookie_secret"], fmt.Errorf("app %q: sticky_cookie_secret: %w: it signs the sticky_cookie, which is not set",
 			a.name, ErrInapplicableOption))
 	}
+	// The health and resilience options that do not go together, by the
+	// rules Provision applies (timeout and interval play no part).
+	a.app.name = a.name
+	if _, err := a.app.provisionResilience(DefaultTimeout, DefaultHealthCheckCooldown, a.app.HealthURI != ""); err != nil {
+		tok := a.tok
+		if fe, ok := errors.AsType[*fieldError](err); ok {
+			if t, seen := a.seen[fe.field]; seen {
+				tok = t
+			}
+		}
+		return errAt(tok, err)
+	}
 	return nil
 }
 
@@ -352,8 +481,10 @@ func countArgs(args []string) string {
 }
 
 func isAppOption(name string) bool {
-	_, ok := appOptions[name]
-	return ok || name == "instances" || name == "instance"
+	_, single := appOptions[name]
+	_, list := listOptions[name]
+	return single || list || name == "instances" || name == "instance" ||
+		name == optInitiallyUnhealthy || name == optHealthHeaders
 }
 
 func setStrategy(app *App, name string) error {
@@ -409,6 +540,159 @@ func setTimeout(app *App, s string) (err error) {
 func setHealthCheckCooldown(app *App, s string) (err error) {
 	app.HealthCheckCooldown, err = parsePositiveDuration(s)
 	return err
+}
+
+func setHealthMethod(app *App, m string) error {
+	if m == "" { // Provision's "unset": it would not survive JSON
+		return fmt.Errorf("%w %q", ErrInvalidMethod, m)
+	}
+	if _, err := checkMethod(m); err != nil {
+		return err
+	}
+	app.HealthMethod = m
+	return nil
+}
+
+func setHealthPort(app *App, s string) error {
+	port, err := strconv.Atoi(s)
+	if err != nil || port < 1 || port > 65535 {
+		return fmt.Errorf("%w: want 1 to 65535, got %q", ErrInvalidPort, s)
+	}
+	app.HealthPort = port
+	return nil
+}
+
+func setHealthBody(app *App, expr string) error {
+	if expr == "" { // Provision's "any body": it would not survive JSON
+		return fmt.Errorf("%w: empty; leave health_body out to accept any body", ErrInvalidRegexp)
+	}
+	if _, err := compileBody(expr); err != nil {
+		return err
+	}
+	app.HealthBody = expr
+	return nil
+}
+
+func setHealthStatus(app *App, specs []string) error {
+	if _, err := parseStatuses(specs); err != nil {
+		return err
+	}
+	app.HealthStatus = specs
+	return nil
+}
+
+func setUnhealthyStatus(app *App, specs []string) error {
+	if _, err := parseStatuses(specs); err != nil {
+		return err
+	}
+	app.UnhealthyStatus = specs
+	return nil
+}
+
+func setHealthPasses(app *App, s string) (err error) {
+	app.HealthPasses, err = parseCount(s, 1, MaxHealthStreak)
+	return err
+}
+
+func setHealthFails(app *App, s string) (err error) {
+	app.HealthFails, err = parseCount(s, 1, MaxHealthStreak)
+	return err
+}
+
+func setMaxFails(app *App, s string) error {
+	n, err := parseCount(s, 0, MaxHealthStreak)
+	if err != nil {
+		return err
+	}
+	app.MaxFails = &n
+	return nil
+}
+
+func setRetries(app *App, s string) error {
+	n, err := parseCount(s, 0, MaxRetries)
+	if err != nil {
+		return err
+	}
+	app.Retries = &n
+	return nil
+}
+
+func setMaxEjectedPercent(app *App, s string) (err error) {
+	app.MaxEjectedPercent, err = parsePercent(s)
+	return err
+}
+
+func setRetryBudgetPercent(app *App, s string) (err error) {
+	app.RetryBudgetPercent, err = parsePercent(s)
+	return err
+}
+
+func setPanicThreshold(app *App, s string) error {
+	n, err := parsePercent(s)
+	if err != nil {
+		return err
+	}
+	app.PanicThreshold = *n
+	return nil
+}
+
+func setFailDuration(app *App, s string) (err error) {
+	app.FailDuration, err = parsePositiveDuration(s)
+	return err
+}
+
+func setMaxFailDuration(app *App, s string) (err error) {
+	app.MaxFailDuration, err = parsePositiveDuration(s)
+	return err
+}
+
+func setTryDuration(app *App, s string) (err error) {
+	app.TryDuration, err = parseNonNegativeDuration(s)
+	return err
+}
+
+func setSlowStart(app *App, s string) (err error) {
+	app.SlowStart, err = parseNonNegativeDuration(s)
+	return err
+}
+
+// parseCount parses an integer from lo to hi, with the check Provision
+// makes. Unlike in JSON, 0 is never "unset" here: where lo is 1, 0 is
+// refused rather than taken for the default.
+func parseCount(s string, lo, hi int) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("%w: want an integer from %d to %d, got %q", ErrInvalidCount, lo, hi, s)
+	}
+	if _, err := checkCount(n, lo, hi); err != nil { // the check Provision makes
+		return 0, err
+	}
+	return n, nil
+}
+
+// parsePercent parses an integer percentage, from 0 to 100.
+func parsePercent(s string) (*int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 100 {
+		return nil, fmt.Errorf("%w: want 0 to 100, got %q", ErrInvalidPercent, s)
+	}
+	if _, err := percent(&n, 0); err != nil { // the check Provision makes
+		return nil, err
+	}
+	return &n, nil
+}
+
+// parseNonNegativeDuration parses a Caddy duration where 0 means off.
+func parseNonNegativeDuration(s string) (*Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return nil, fmt.Errorf("bad duration value %q: %v", s, err)
+	}
+	if dur < 0 {
+		return nil, fmt.Errorf("%w, got %q", ErrNegativeDuration, s)
+	}
+	v := Duration(dur)
+	return &v, nil
 }
 
 // parsePositiveDuration parses a Caddy duration ("10s", "1m30s", "1d");

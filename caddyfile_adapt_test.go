@@ -91,11 +91,11 @@ func TestCaddyfileAdaptError(t *testing.T) {
 			input: `:8080 {
 	load_balancer /api/* 127.0.0.1:9000 {
 		strategy round_robin
-		retries 3
+		max_conns 3
 	}
 }
 `,
-			want: []string{`app "*": unrecognized subdirective "retries"`, "Caddyfile:4"},
+			want: []string{`app "*": unrecognized subdirective "max_conns"`, "Caddyfile:4"},
 		},
 		{
 			name: "option given twice inside a handle block",

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -215,14 +217,14 @@ var unmarshalCases = []unmarshalCase{
 	// Errors in options.
 	{
 		name:    "unknown subdirective in an app",
-		input:   inApp("instances 127.0.0.1:1", "retries 3"),
-		wantErr: []string{`app "a.example.com": unrecognized subdirective "retries"`, "strategy, health_uri"},
+		input:   inApp("instances 127.0.0.1:1", "max_conns 3"),
+		wantErr: []string{`app "a.example.com": unrecognized subdirective "max_conns"`, "strategy, health_uri"},
 		line:    4,
 	},
 	{
 		name:    "unknown subdirective in the shorthand",
-		input:   "load_balancer 127.0.0.1:1 {\n\tretries 3\n}",
-		wantErr: []string{`app "*": unrecognized subdirective "retries" (want one of strategy,`},
+		input:   "load_balancer 127.0.0.1:1 {\n\tmax_conns 3\n}",
+		wantErr: []string{`app "*": unrecognized subdirective "max_conns" (want one of strategy,`},
 		line:    2,
 	},
 	{
@@ -621,6 +623,364 @@ var unmarshalCases = []unmarshalCase{
 		line:    5,
 	},
 
+	// Health checks, passive checks and retries.
+	{
+		name: "every active health check option",
+		input: inApp(
+			"health_uri /health",
+			"health_method POST",
+			"health_headers {",
+			"	Host health.internal",
+			`	X-Probe a "b c"`,
+			"	x-probe d",
+			"}",
+			"health_port 9000",
+			"health_status 200 204 3xx",
+			`health_body "^ok\s*$"`,
+			"health_passes 3",
+			"health_fails 1000",
+			"initially_unhealthy",
+			"instances 127.0.0.1:1",
+		),
+		want: `{"apps":[{"host":"a.example.com","health_uri":"/health","health_method":"POST",
+			"health_headers":{"Host":["health.internal"],"X-Probe":["a","b c","d"]},
+			"health_port":9000,"health_status":["200","204","3xx"],"health_body":"^ok\\s*$",
+			"health_passes":3,"health_fails":1000,"initially_unhealthy":true,
+			"instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "health options before health_uri",
+		input: inApp("initially_unhealthy", "health_passes 1", "health_uri /h", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","initially_unhealthy":true,"health_passes":1,"health_uri":"/h","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "passive checks and retries, explicit zeros kept",
+		input: inApp("max_fails 0", "max_ejected_percent 0", "panic_threshold 0", "retries 0", "try_duration 0", "retry_budget_percent 0", "slow_start 0s", "instances 127.0.0.1:1"),
+		want: `{"apps":[{"host":"a.example.com","max_fails":0,"max_ejected_percent":0,"retries":0,"try_duration":"0s",
+			"retry_budget_percent":0,"slow_start":"0s","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name: "passive checks and retries",
+		input: inApp("max_fails 1000", "unhealthy_status 500 502 503", "fail_duration 30s", "max_fail_duration 1d",
+			"max_ejected_percent 100", "panic_threshold 50", "retries 10", "try_duration 2.5s", "retry_budget_percent 100",
+			"slow_start 1m30s", "instances 127.0.0.1:1"),
+		want: `{"apps":[{"host":"a.example.com","max_fails":1000,"unhealthy_status":["500","502","503"],"fail_duration":"30s",
+			"max_fail_duration":"24h0m0s","max_ejected_percent":100,"panic_threshold":50,"retries":10,"try_duration":"2.5s",
+			"retry_budget_percent":100,"slow_start":"1m30s","instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "status classes in either case, kept as written",
+		input: inApp("unhealthy_status 5xx 429", "health_uri /", "health_status 2XX", "instances 127.0.0.1:1"),
+		want:  `{"apps":[{"host":"a.example.com","unhealthy_status":["5xx","429"],"health_uri":"/","health_status":["2XX"],"instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+	{
+		name:  "shorthand: health_headers block among options",
+		input: "load_balancer 127.0.0.1:1 {\n\thealth_uri /h\n\thealth_headers {\n\t\tHost example.com\n\t}\n\tretries 1\n}",
+		want:  `{"apps":[{"health_uri":"/h","health_headers":{"Host":["example.com"]},"retries":1,"instances":[{"url":"127.0.0.1:1"}]}]}`,
+	},
+
+	// Errors in health check, passive check and retry options.
+	{
+		name:    "health_method without argument",
+		input:   inApp("health_method"),
+		wantErr: []string{`app "a.example.com": health_method: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "health_method not a token",
+		input:   inApp(`health_method "GE T"`),
+		wantErr: []string{`app "a.example.com": health_method: invalid method "GE T"`},
+		line:    3,
+		is:      caddylb.ErrInvalidMethod,
+	},
+	{
+		name:    "health_method empty",
+		input:   inApp(`health_method ""`),
+		wantErr: []string{`app "a.example.com": health_method: invalid method ""`},
+		line:    3,
+		is:      caddylb.ErrInvalidMethod,
+	},
+	{
+		name:    "health_port zero",
+		input:   inApp("health_uri /h", "health_port 0"),
+		wantErr: []string{`app "a.example.com": health_port: invalid port: want 1 to 65535, got "0"`},
+		line:    4,
+		is:      caddylb.ErrInvalidPort,
+	},
+	{
+		name:    "health_port too large",
+		input:   inApp("health_port 65536"),
+		wantErr: []string{`app "a.example.com": health_port: invalid port: want 1 to 65535, got "65536"`},
+		line:    3,
+		is:      caddylb.ErrInvalidPort,
+	},
+	{
+		name:    "health_port not a number",
+		input:   inApp("health_port http"),
+		wantErr: []string{`app "a.example.com": health_port: invalid port`, `got "http"`},
+		line:    3,
+		is:      caddylb.ErrInvalidPort,
+	},
+	{
+		name:    "health_body that does not compile",
+		input:   inApp("health_body ok(", "health_uri /h"),
+		wantErr: []string{`app "a.example.com": health_body: invalid regular expression: error parsing regexp: missing closing )`},
+		line:    3,
+		is:      caddylb.ErrInvalidRegexp,
+	},
+	{
+		name:    "health_body empty",
+		input:   inApp(`health_body ""`),
+		wantErr: []string{`app "a.example.com": health_body: invalid regular expression: empty`},
+		line:    3,
+		is:      caddylb.ErrInvalidRegexp,
+	},
+	{
+		name:    "health_passes zero",
+		input:   inApp("health_passes 0"),
+		wantErr: []string{`app "a.example.com": health_passes: invalid count: want an integer from 1 to 1000, got "0"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "health_passes too large",
+		input:   inApp("health_passes 1001"),
+		wantErr: []string{`app "a.example.com": health_passes: invalid count: want an integer from 1 to 1000, got "1001"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "health_fails negative",
+		input:   inApp("health_uri /h", "health_fails -1"),
+		wantErr: []string{`app "a.example.com": health_fails: invalid count: want an integer from 1 to 1000, got "-1"`},
+		line:    4,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "health_fails not a number",
+		input:   inApp("health_fails two"),
+		wantErr: []string{`app "a.example.com": health_fails: invalid count`, `got "two"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "health_status without argument",
+		input:   inApp("health_status"),
+		wantErr: []string{`app "a.example.com": health_status: want one or more statuses (codes such as 503, or classes such as 5xx), got none`},
+		line:    3,
+	},
+	{
+		name:    "health_status out of range",
+		input:   inApp("health_status 200 600"),
+		wantErr: []string{`app "a.example.com": health_status: invalid status "600": want a code from 100 to 599 or a class such as 5xx`},
+		line:    3,
+		is:      caddylb.ErrInvalidStatus,
+	},
+	{
+		name:    "health_status of an unknown class",
+		input:   inApp("health_status 6xx"),
+		wantErr: []string{`app "a.example.com": health_status: invalid status "6xx"`},
+		line:    3,
+		is:      caddylb.ErrInvalidStatus,
+	},
+	{
+		name:    "unhealthy_status without argument",
+		input:   inApp("instances 127.0.0.1:1", "unhealthy_status"),
+		wantErr: []string{`app "a.example.com": unhealthy_status: want one or more statuses`},
+		line:    4,
+	},
+	{
+		name:    "unhealthy_status with a bad code",
+		input:   inApp("unhealthy_status 5xx 50"),
+		wantErr: []string{`app "a.example.com": unhealthy_status: invalid status "50"`},
+		line:    3,
+		is:      caddylb.ErrInvalidStatus,
+	},
+	{
+		name:    "initially_unhealthy with an argument",
+		input:   inApp("health_uri /h", "initially_unhealthy true"),
+		wantErr: []string{`app "a.example.com": initially_unhealthy: want no arguments, got 1: ["true"]`},
+		line:    4,
+	},
+	{
+		name:    "initially_unhealthy with a block",
+		input:   inApp("initially_unhealthy {", "x", "}"),
+		wantErr: []string{`app "a.example.com": initially_unhealthy: unexpected block`},
+		line:    3,
+	},
+	{
+		name:    "health_headers with arguments",
+		input:   inApp("health_headers Host example.com"),
+		wantErr: []string{`app "a.example.com": health_headers: want a block of header lines, not arguments (got 2: ["Host" "example.com"])`},
+		line:    3,
+	},
+	{
+		name:    "health_headers without a block",
+		input:   inApp("health_uri /h", "health_headers", "instances 127.0.0.1:1"),
+		wantErr: []string{`app "a.example.com": health_headers: want a block with a line per header: <name> <values...>`},
+		line:    4,
+	},
+	{
+		name:    "health_headers with an empty block",
+		input:   inApp("health_uri /h", "health_headers {", "}", "instances 127.0.0.1:1"),
+		wantErr: []string{`app "a.example.com": health_headers: want a block with a line per header`},
+		line:    4,
+	},
+	{
+		name:    "health_headers line without a value",
+		input:   inApp("health_headers {", "X-Probe 1", "X-Empty", "}"),
+		wantErr: []string{`app "a.example.com": health_headers: X-Empty: want one or more values`},
+		line:    5,
+	},
+	{
+		name:    "health_headers with a bad name",
+		input:   inApp("health_headers {", `"X Probe" 1`, "}"),
+		wantErr: []string{`app "a.example.com": health_headers: invalid header: bad name "X Probe"`},
+		line:    4,
+		is:      caddylb.ErrInvalidHeader,
+	},
+	{
+		name:    "health_headers with a bad value",
+		input:   inApp("health_headers {", "X-Probe ok \"a\x01b\"", "}"),
+		wantErr: []string{`app "a.example.com": health_headers: invalid header: bad value "a\x01b" for X-Probe`},
+		line:    4,
+		is:      caddylb.ErrInvalidHeader,
+	},
+	{
+		name:    "health_headers with a block in a line",
+		input:   inApp("health_headers {", "X-Probe 1 {", "2", "}", "}"),
+		wantErr: []string{`app "a.example.com": health_headers: X-Probe: unexpected block: a header line takes values only`},
+		line:    4,
+	},
+	{
+		name:    "max_fails negative",
+		input:   inApp("max_fails -1"),
+		wantErr: []string{`app "a.example.com": max_fails: invalid count: want an integer from 0 to 1000, got "-1"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "max_fails not an integer",
+		input:   inApp("instances 127.0.0.1:1", "max_fails 2.5"),
+		wantErr: []string{`app "a.example.com": max_fails: invalid count`, `got "2.5"`},
+		line:    4,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "max_fails two arguments",
+		input:   inApp("max_fails 1 2"),
+		wantErr: []string{`app "a.example.com": max_fails: want 1 argument, got 2: ["1" "2"]`},
+		line:    3,
+	},
+	{
+		name:    "retries above the maximum",
+		input:   inApp("retries 11"),
+		wantErr: []string{`app "a.example.com": retries: invalid count: want an integer from 0 to 10, got "11"`},
+		line:    3,
+		is:      caddylb.ErrInvalidCount,
+	},
+	{
+		name:    "retries without argument",
+		input:   inApp("retries"),
+		wantErr: []string{`app "a.example.com": retries: want 1 argument, got none`},
+		line:    3,
+	},
+	{
+		name:    "fail_duration zero",
+		input:   inApp("fail_duration 0s"),
+		wantErr: []string{`app "a.example.com": fail_duration: duration must be positive, got "0s"`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "fail_duration not a duration",
+		input:   inApp("fail_duration long"),
+		wantErr: []string{`app "a.example.com": fail_duration: bad duration value "long"`},
+		line:    3,
+	},
+	{
+		name:    "max_fail_duration negative",
+		input:   inApp("max_fail_duration -1m"),
+		wantErr: []string{`app "a.example.com": max_fail_duration: duration must be positive, got "-1m"`},
+		line:    3,
+		is:      caddylb.ErrInvalidDuration,
+	},
+	{
+		name:    "max_ejected_percent above 100",
+		input:   inApp("max_ejected_percent 101"),
+		wantErr: []string{`app "a.example.com": max_ejected_percent: invalid percentage: want 0 to 100, got "101"`},
+		line:    3,
+		is:      caddylb.ErrInvalidPercent,
+	},
+	{
+		name:    "max_ejected_percent with a percent sign",
+		input:   inApp("max_ejected_percent 50%"),
+		wantErr: []string{`app "a.example.com": max_ejected_percent: invalid percentage: want 0 to 100, got "50%"`},
+		line:    3,
+		is:      caddylb.ErrInvalidPercent,
+	},
+	{
+		name:    "panic_threshold negative",
+		input:   inApp("panic_threshold -1"),
+		wantErr: []string{`app "a.example.com": panic_threshold: invalid percentage: want 0 to 100, got "-1"`},
+		line:    3,
+		is:      caddylb.ErrInvalidPercent,
+	},
+	{
+		name:    "retry_budget_percent above 100",
+		input:   inApp("instances 127.0.0.1:1", "retry_budget_percent 200"),
+		wantErr: []string{`app "a.example.com": retry_budget_percent: invalid percentage: want 0 to 100, got "200"`},
+		line:    4,
+		is:      caddylb.ErrInvalidPercent,
+	},
+	{
+		name:    "try_duration negative",
+		input:   inApp("try_duration -1s"),
+		wantErr: []string{`app "a.example.com": try_duration: duration must not be negative, got "-1s"`},
+		line:    3,
+		is:      caddylb.ErrNegativeDuration,
+	},
+	{
+		name:    "try_duration not a duration",
+		input:   inApp("try_duration 5"),
+		wantErr: []string{`app "a.example.com": try_duration: bad duration value "5": time: missing unit`},
+		line:    3,
+	},
+	{
+		name:    "slow_start negative",
+		input:   inApp("slow_start -5m"),
+		wantErr: []string{`app "a.example.com": slow_start: duration must not be negative, got "-5m"`},
+		line:    3,
+		is:      caddylb.ErrNegativeDuration,
+	},
+	{
+		name:    "slow_start with a block",
+		input:   inApp("slow_start 1m {", "x", "}"),
+		wantErr: []string{`app "a.example.com": slow_start: unexpected block: only health_headers takes one`},
+		line:    3,
+	},
+	{
+		name:    "health option without health_uri points at the first one Provision checks",
+		input:   inApp("health_fails 2", "instances 127.0.0.1:1", "health_method HEAD"),
+		wantErr: []string{`app "a.example.com": health_method: option does not apply: it configures active health checks, which need health_uri`},
+		line:    5,
+		is:      caddylb.ErrInapplicableOption,
+	},
+	{
+		name:    "shorthand: health_headers without health_uri",
+		input:   "load_balancer 127.0.0.1:1 {\n\tretries 1\n\thealth_headers {\n\t\tHost example.com\n\t}\n}",
+		wantErr: []string{`app "*": health_headers: option does not apply: it configures active health checks, which need health_uri`},
+		line:    3,
+		is:      caddylb.ErrInapplicableOption,
+	},
+	{
+		name:    "health option in an app without health_uri, another app has one",
+		input:   "load_balancer {\n\tapp a {\n\t\thealth_uri /h\n\t\tinstances 127.0.0.1:1\n\t}\n\tapp b {\n\t\tinstances 127.0.0.1:1\n\t\tinitially_unhealthy\n\t}\n}",
+		wantErr: []string{`app "b": initially_unhealthy: option does not apply`},
+		line:    8,
+		is:      caddylb.ErrInapplicableOption,
+	},
+
 	// Nothing to balance over: Provision would refuse it, this says where.
 	{
 		name:    "no apps",
@@ -666,6 +1026,58 @@ var unmarshalCases = []unmarshalCase{
 	},
 }
 
+// onceOptions are good lines of each option that configures health
+// checks, passive checks or retries, which may be given once per app, and
+// whether it configures active health checks (so needs health_uri).
+var onceOptions = []struct {
+	lines  []string
+	active bool
+}{
+	{[]string{"health_method HEAD"}, true},
+	{[]string{"health_headers {", "Host example.com", "}"}, true},
+	{[]string{"health_port 8080"}, true},
+	{[]string{"health_status 200"}, true},
+	{[]string{"health_body ok"}, true},
+	{[]string{"health_passes 2"}, true},
+	{[]string{"health_fails 2"}, true},
+	{[]string{"initially_unhealthy"}, true},
+	{[]string{"max_fails 3"}, false},
+	{[]string{"unhealthy_status 5xx"}, false},
+	{[]string{"fail_duration 1s"}, false},
+	{[]string{"max_fail_duration 1m"}, false},
+	{[]string{"max_ejected_percent 30"}, false},
+	{[]string{"panic_threshold 30"}, false},
+	{[]string{"retries 1"}, false},
+	{[]string{"try_duration 1s"}, false},
+	{[]string{"retry_budget_percent 30"}, false},
+	{[]string{"slow_start 1s"}, false},
+}
+
+// Each of onceOptions given twice is refused at the second; each that
+// configures active health checks is refused, at its line, in an app
+// without health_uri.
+func init() {
+	for _, o := range onceOptions {
+		name := strings.Fields(o.lines[0])[0]
+		unmarshalCases = append(unmarshalCases, unmarshalCase{
+			name:    name + " twice",
+			input:   inApp(slices.Concat([]string{"health_uri /h"}, o.lines, o.lines)...),
+			wantErr: []string{fmt.Sprintf(`app "a.example.com": %s already specified`, name)},
+			line:    4 + len(o.lines),
+		})
+		if o.active {
+			unmarshalCases = append(unmarshalCases, unmarshalCase{
+				name:  name + " without health_uri",
+				input: inApp(slices.Concat([]string{"instances 127.0.0.1:1"}, o.lines, []string{"retries 1"})...),
+				wantErr: []string{fmt.Sprintf(`app "a.example.com": %s: option does not apply: it configures active health checks, which need health_uri`,
+					name)},
+				line: 4,
+				is:   caddylb.ErrInapplicableOption,
+			})
+		}
+	}
+}
+
 func TestUnmarshalCaddyfile(t *testing.T) {
 	for _, tc := range unmarshalCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -708,10 +1120,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if again := jsonOf(t, &reloaded); again != got {
 				t.Errorf("JSON round trip changed the handler:\n%s\nwant:\n%s", again, got)
 			}
-			// No health checks: they would probe the instances and log.
-			for _, app := range reloaded.Apps {
-				app.HealthURI = ""
-			}
+			// Health checks start only once Caddy runs the config, which
+			// it never does here: they do not probe the instances.
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
 			if err := reloaded.Provision(ctx); err != nil {
@@ -722,6 +1132,33 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				t.Errorf("Cleanup: %v", err)
 			}
 		})
+	}
+}
+
+// TestCaddyfileHasEveryAppOption checks that every option of App (by its
+// JSON name) is an option of an app in the Caddyfile, and is listed in the
+// error for an unknown one.
+func TestCaddyfileHasEveryAppOption(t *testing.T) {
+	var h caddylb.Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(inApp("no_such_option")))
+	if err == nil {
+		t.Fatal("an unknown option is accepted")
+	}
+	_, list, _ := strings.Cut(err.Error(), "(want one of ")
+	list, _, _ = strings.Cut(list, ")")
+	listed := strings.Split(list, ", ")
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[caddylb.App]()) {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if !f.IsExported() || name == "" || name == "-" || name == "host" {
+			continue
+		}
+		if !slices.Contains(listed, name) {
+			t.Errorf("%s is not listed in %q", name, err)
+		}
+		var h caddylb.Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(inApp(name))); err != nil && strings.Contains(err.Error(), "unrecognized") {
+			t.Errorf("%s is not an option: %v", name, err)
+		}
 	}
 }
 

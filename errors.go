@@ -33,6 +33,26 @@ var (
 	// ErrInvalidWeight: an instance weight below 0 or above
 	// backend.MaxWeight.
 	ErrInvalidWeight = errors.New("invalid weight")
+	// ErrDuplicateInstance: an instance URL given twice in one app.
+	ErrDuplicateInstance = errors.New("duplicate instance")
+	// ErrInvalidPort: a health_port out of 1 to 65535.
+	ErrInvalidPort = errors.New("invalid port")
+	// ErrInvalidStatus: a status that is neither a code from 100 to 599
+	// nor a class such as 5xx.
+	ErrInvalidStatus = errors.New("invalid status")
+	// ErrInvalidMethod: a health_method that is not an HTTP method token.
+	ErrInvalidMethod = errors.New("invalid method")
+	// ErrInvalidHeader: a health_headers name or value HTTP cannot carry.
+	ErrInvalidHeader = errors.New("invalid header")
+	// ErrInvalidRegexp: a health_body that does not compile.
+	ErrInvalidRegexp = errors.New("invalid regular expression")
+	// ErrInvalidCount: a count (health_passes, max_fails, retries, ...)
+	// out of its range.
+	ErrInvalidCount = errors.New("invalid count")
+	// ErrInvalidPercent: a percentage out of 0 to 100.
+	ErrInvalidPercent = errors.New("invalid percentage")
+	// ErrNegativeDuration: a negative duration where 0 means off.
+	ErrNegativeDuration = errors.New("duration must not be negative")
 	// ErrInvalidHashKey: a hash_key that is none of client_ip,
 	// header:NAME, cookie:NAME, query:NAME and uri.
 	ErrInvalidHashKey = strategy.ErrInvalidHashKey

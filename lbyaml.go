@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -53,6 +54,9 @@ const (
 // admin options). Each app takes the options of App under their JSON names,
 // and each instance those of InstanceConfig: the names are read from the
 // structs' json tags, so a field added there is accepted here as it is.
+// Values take the forms of their JSON, and a few more that YAML invites:
+// status codes as integers (unhealthy_status: [502, 503]), and a header of
+// health_headers with one value as that value (Host: example.com).
 //
 // Everything the load_balancer handler would refuse when the config is
 // loaded (apart from what needs the network) is refused here, with the
@@ -475,6 +479,14 @@ func (a *yamlAdapter) walk(n *yaml.Node, t reflect.Type, path string, depth int)
 		}
 		list := make([]any, len(n.Content))
 		for i, e := range n.Content {
+			if lbyamlStatusLists[path] {
+				if code, ok, err := a.statusCode(e, depth+1); err != nil {
+					return nil, err
+				} else if ok {
+					list[i] = code
+					continue
+				}
+			}
 			if list[i], err = a.walk(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
 				return nil, err
 			}
@@ -491,12 +503,77 @@ func (a *yamlAdapter) walk(n *yaml.Node, t reflect.Type, path string, depth int)
 		}
 		obj := make(map[string]any, len(pairs))
 		for _, p := range pairs {
+			if t == reflect.TypeFor[http.Header]() {
+				if obj[p.name], err = a.headerValues(p.value, joinField(path, p.name), depth+1); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			if obj[p.name], err = a.walk(p.value, t.Elem(), joinField(path, p.name), depth+1); err != nil {
 				return nil, err
 			}
 		}
 		return obj, nil
 	}
+}
+
+// lbyamlStatusLists are the fields of an app that list HTTP statuses as
+// strings ("503", "5xx"): there a code may also be written as an integer,
+// as in unhealthy_status: [502, 503], which YAML reads as integers.
+var lbyamlStatusLists = map[string]bool{"health_status": true, "unhealthy_status": true}
+
+// lbyamlHeaderValueTags are the tags of the scalars a header value may be
+// written as; it is taken as written ("X-Version: 2" sends "2").
+var lbyamlHeaderValueTags = map[string]bool{"!!str": true, "!!int": true, "!!float": true, "!!bool": true}
+
+// headerValues reads the values of a header (in health_headers): a list
+// of them, or one without a list around it, as in "Host: example.com".
+func (a *yamlAdapter) headerValues(n *yaml.Node, path string, depth int) ([]any, error) {
+	n, err := a.deref(n, depth)
+	if err != nil {
+		return nil, err
+	}
+	if a.nodes != nil {
+		a.nodes[path] = n
+	}
+	elems, list := []*yaml.Node{n}, n.Kind == yaml.SequenceNode
+	if list {
+		elems = n.Content
+	}
+	values := make([]any, len(elems))
+	for i, e := range elems {
+		at := path
+		if list {
+			at = fmt.Sprintf("%s[%d]", path, i)
+		}
+		if e, err = a.deref(e, depth+1); err != nil {
+			return nil, err
+		}
+		if e.Kind != yaml.ScalarNode || !lbyamlHeaderValueTags[e.ShortTag()] {
+			want := "a value or a list of values"
+			if list {
+				want = "a value"
+			}
+			return nil, a.errAt(e, at, fmt.Errorf("want %s, got %s", want, describeNode(e)))
+		}
+		values[i] = e.Value
+	}
+	return values, nil
+}
+
+// statusCode returns the string form of n if it is an integer, a status
+// code in a list of lbyamlStatusLists; ok is false for any other node,
+// which walk checks as usual.
+func (a *yamlAdapter) statusCode(n *yaml.Node, depth int) (code string, ok bool, err error) {
+	n, err = a.deref(n, depth)
+	if err != nil || n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		return "", false, err
+	}
+	var i int64
+	if err := n.Decode(&i); err != nil {
+		return "", false, nil // too large: walk says what is wrong
+	}
+	return strconv.FormatInt(i, 10), true, nil
 }
 
 // leaf converts n, a value of a type that decodes itself or is a plain

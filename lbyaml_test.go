@@ -193,6 +193,287 @@ server: x
 		is:   caddylb.ErrInvalidDuration,
 	},
 	{
+		name: "health_headers not a mapping",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_headers: [Host]
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:21:",
+		want: []string{`app "a.test": health_headers: want a mapping, got a list`},
+	},
+	{
+		name: "health_headers value a mapping",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_headers:
+      X-Probe: {a: b}
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:5:16:",
+		want: []string{`app "a.test": health_headers.X-Probe: want a value or a list of values, got a mapping`},
+	},
+	{
+		name: "health_headers value in a list a list",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_headers:
+      X-Probe: [a, [b]]
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:5:20:",
+		want: []string{`app "a.test": health_headers.X-Probe[1]: want a value, got a list`},
+	},
+	{
+		name: "health_headers value empty",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_headers:
+      X-Probe:
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:5:15:",
+		want: []string{`app "a.test": health_headers.X-Probe: want a value or a list of values, got nothing`},
+	},
+	{
+		name: "health_headers with a bad name",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_headers:
+      "X Probe": 1
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:5:7:",
+		want: []string{`app "a.test": health_headers: invalid header: bad name "X Probe"`},
+		is:   caddylb.ErrInvalidHeader,
+	},
+	{
+		name: "health_headers without health_uri",
+		input: `apps:
+  - host: a.test
+    health_headers: {Host: example.com}
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:21:",
+		want: []string{`app "a.test": health_headers: option does not apply: it configures active health checks, which need health_uri`},
+		is:   caddylb.ErrInapplicableOption,
+	},
+	{
+		name: "health_method not a token",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_method: GE T
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:20:",
+		want: []string{`app "a.test": health_method: invalid method "GE T"`},
+		is:   caddylb.ErrInvalidMethod,
+	},
+	{
+		name: "health_port a string",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_port: "80"
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:18:",
+		want: []string{`app "a.test": health_port: want an integer, got the string "80"`},
+	},
+	{
+		name: "health_port too large",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_port: 70000
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:18:",
+		want: []string{`app "a.test": health_port: invalid port: want 1 to 65535, got 70000`},
+		is:   caddylb.ErrInvalidPort,
+	},
+	{
+		name: "health_status out of range",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_status: [200, 600]
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:20:",
+		want: []string{`app "a.test": health_status: invalid status "600"`},
+		is:   caddylb.ErrInvalidStatus,
+	},
+	{
+		name: "health_status element a list",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_status: [[200]]
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:21:",
+		want: []string{`app "a.test": health_status[0]: want a string, got a list`},
+	},
+	{
+		name: "unhealthy_status not a list",
+		input: `apps:
+  - host: a.test
+    unhealthy_status: 5xx
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:23:",
+		want: []string{`app "a.test": unhealthy_status: want a list, got the string "5xx"`},
+	},
+	{
+		name: "health_body that does not compile",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_body: "ok("
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:18:",
+		want: []string{`app "a.test": health_body: invalid regular expression`},
+		is:   caddylb.ErrInvalidRegexp,
+	},
+	{
+		name: "health_passes too large",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    health_passes: 1001
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:20:",
+		want: []string{`app "a.test": health_passes: invalid count: want an integer from 1 to 1000, got 1001`},
+		is:   caddylb.ErrInvalidCount,
+	},
+	{
+		name: "initially_unhealthy not a bool",
+		input: `apps:
+  - host: a.test
+    health_uri: /h
+    initially_unhealthy: yes
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:4:26:",
+		want: []string{`app "a.test": initially_unhealthy: want true or false, got the string "yes"`},
+	},
+	{
+		name: "initially_unhealthy without health_uri",
+		input: `apps:
+  - host: a.test
+    instances: [{url: http://127.0.0.1:1}]
+    initially_unhealthy: true
+`,
+		pos:  "config.yaml:4:26:",
+		want: []string{`app "a.test": initially_unhealthy: option does not apply`},
+		is:   caddylb.ErrInapplicableOption,
+	},
+	{
+		name: "max_fails negative",
+		input: `apps:
+  - host: a.test
+    max_fails: -1
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:16:",
+		want: []string{`app "a.test": max_fails: invalid count: want an integer from 0 to 1000, got -1`},
+		is:   caddylb.ErrInvalidCount,
+	},
+	{
+		name: "retries above the maximum",
+		input: `apps:
+  - host: a.test
+    instances: [{url: http://127.0.0.1:1}]
+    retries: 11
+`,
+		pos:  "config.yaml:4:14:",
+		want: []string{`app "a.test": retries: invalid count: want an integer from 0 to 10, got 11`},
+		is:   caddylb.ErrInvalidCount,
+	},
+	{
+		name: "fail_duration zero",
+		input: `apps:
+  - host: a.test
+    fail_duration: 0s
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:20:",
+		want: []string{`app "a.test": fail_duration: duration must be positive, got 0s`},
+		is:   caddylb.ErrInvalidDuration,
+	},
+	{
+		name: "max_fail_duration not a duration",
+		input: `apps:
+  - host: a.test
+    max_fail_duration: forever
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:24:",
+		want: []string{`app "a.test": max_fail_duration: bad duration value "forever"`},
+	},
+	{
+		name: "max_ejected_percent above 100",
+		input: `apps:
+  - host: a.test
+    max_ejected_percent: 101
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:26:",
+		want: []string{`app "a.test": max_ejected_percent: invalid percentage: want 0 to 100, got 101`},
+		is:   caddylb.ErrInvalidPercent,
+	},
+	{
+		name: "panic_threshold with a percent sign",
+		input: `apps:
+  - host: a.test
+    panic_threshold: 50%
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:22:",
+		want: []string{`app "a.test": panic_threshold: want an integer, got the string "50%"`},
+	},
+	{
+		name: "retry_budget_percent negative",
+		input: `apps:
+  - host: a.test
+    retry_budget_percent: -5
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:27:",
+		want: []string{`app "a.test": retry_budget_percent: invalid percentage: want 0 to 100, got -5`},
+		is:   caddylb.ErrInvalidPercent,
+	},
+	{
+		name: "try_duration negative",
+		input: `apps:
+  - host: a.test
+    try_duration: -1s
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:19:",
+		want: []string{`app "a.test": try_duration: duration must not be negative, got -1s`},
+		is:   caddylb.ErrNegativeDuration,
+	},
+	{
+		name: "slow_start a list",
+		input: `apps:
+  - host: a.test
+    slow_start: [1m]
+    instances: [{url: http://127.0.0.1:1}]
+`,
+		pos:  "config.yaml:3:17:",
+		want: []string{`app "a.test": slow_start: want a duration such as "10s", "1m30s" or "1d", got a list`},
+	},
+	{
 		name: "bad scheme",
 		input: `apps:
   - host: a.test

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	caddylb "github.com/golb/caddy-lb"
+	"github.com/golb/caddy-lb/health"
 )
 
 func TestHealthChangesLoggedOncePerChange(t *testing.T) {
@@ -98,6 +99,8 @@ http://:{port} {
 	}
 }`, a1.URL, a2.URL, secretURL))
 	waitFor(t, "a2 unhealthy", func() bool { return !instanceOf(t, fetchReport(t), "api.test", a2.URL).Healthy })
+	// Probes are spread out: a1's first may come later than a2's.
+	waitFor(t, "a1 checked", func() bool { return instanceOf(t, fetchReport(t), "api.test", a1.URL).LastChecked != nil })
 	for range 3 {
 		s.get("api.test", "/")
 	}
@@ -270,7 +273,7 @@ http://:{port} {
 }`, strategy, 50+i, b1.URL, b2.URL)
 	}
 	s.load(cfg(0))
-	waitFor(t, "the health checker to start", func() bool { return checkerGoroutines() == 1 })
+	waitFor(t, "the health checks to start", func() bool { return health.Active() == 2 })
 	s.get("x.test", "/")
 	client.CloseIdleConnections()
 	baseAll := goroutinesSettled()
@@ -319,7 +322,11 @@ http://:{port} {
 	if ok == 0 {
 		t.Fatal("no request succeeded")
 	}
-	waitFor(t, "one health checker left", func() bool { return checkerGoroutines() == 1 })
+	// One health monitor per instance, however many reloads: the
+	// instances' states were kept, not rebuilt.
+	if got := checkers(); got != "2 monitors, 2 instance states" {
+		t.Errorf("after 20 reloads: %s, want 2 of each", got)
+	}
 	// Nothing else may be left behind either: backend connections of
 	// unloaded configs are closed, including those given back by requests
 	// that finished after their config's Cleanup.
@@ -377,13 +384,10 @@ func provisionHandler(t *testing.T, handlersJSON string) error {
 	return err
 }
 
-// checkerGoroutines counts the running health check loops.
-func checkerGoroutines() int {
-	buf := make([]byte, 1<<22)
-	buf = buf[:runtime.Stack(buf, true)]
-	// Each app's checker runs in a goroutine its handler's Provision
-	// starts, waiting for the config to run, then checking.
-	return strings.Count(string(buf), "github.com/golb/caddy-lb.(*Handler).Provision.func")
+// checkers counts the running health monitors and the instance states
+// of the loaded configs.
+func checkers() string {
+	return fmt.Sprintf("%d monitors, %d instance states", health.Active(), caddylb.InstanceStates())
 }
 
 // TestBadConfigRefused loads bad configs: each is refused with an error
@@ -432,7 +436,7 @@ http://:{port} {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := checkerGoroutines()
+			before := checkers()
 			cfg := fmt.Sprintf(`{"admin":{"listen":%q},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:%d"],"routes":[{"handle":[%s]}]}}}}}`,
 				adminAddr, s.port, tt.json)
 			err := caddyLoad([]byte(cfg))
@@ -454,8 +458,8 @@ http://:{port} {
 			if status, body := s.get("x.test", "/"); status != 200 || body != "good" {
 				t.Fatalf("running config stopped serving: %d %q", status, body)
 			}
-			if after := checkerGoroutines(); after != before {
-				t.Fatalf("health checkers: %d before the failed load, %d after", before, after)
+			if after := checkers(); after != before {
+				t.Fatalf("before the failed load: %s; after: %s", before, after)
 			}
 		})
 	}

@@ -29,7 +29,7 @@ var (
 		"Whether the instance passes its health checks (1) or not (0); instances of apps without health checks are healthy.",
 		labelsInstance, nil)
 	descState = prometheus.NewDesc(metricsPrefix+"instance_state",
-		"The instance's state: 1 for the state it is in (healthy or unhealthy), 0 for the others.",
+		"The instance's state: 1 for the state it is in (healthy, starting, unhealthy, ejected or draining), 0 for the others.",
 		append(slices.Clone(labelsInstance), "state"), nil)
 	descInFlight = prometheus.NewDesc(metricsPrefix+"instance_in_flight",
 		"Requests the instance is serving now.",
@@ -60,8 +60,9 @@ var (
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections}
 )
 
-// instanceStates are the values of the state label.
-var instanceStates = [...]string{"healthy", "unhealthy"}
+// stateLabels are the values of the state label.
+var stateLabels = [...]backend.State{backend.StateHealthy, backend.StateStarting, backend.StateUnhealthy,
+	backend.StateEjected, backend.StateDraining}
 
 // collector reports the instances of the load balancers of one config.
 type collector struct {
@@ -126,6 +127,7 @@ func (*collector) Describe(ch chan<- *prometheus.Desc) {
 type instanceMetrics struct {
 	app, instance string
 	healthy       bool
+	state         backend.State
 	checked       bool // its app has active health checks
 	inFlight      int64
 	weight        int
@@ -143,14 +145,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	// theirs are merged: counts added up, healthy only if both are.
 	type key struct{ app, instance string }
 	index := map[key]int{}
+	seen := map[*backend.Instance]bool{} // handlers share the states of instances they share
 	var series []instanceMetrics
 	for _, h := range handlers {
 		for _, app := range h.Apps {
 			for _, in := range app.pool.All() {
+				if seen[in] {
+					continue
+				}
+				seen[in] = true
 				k := key{app.name, in.String()}
 				im := instanceMetrics{
 					app: k.app, instance: k.instance,
-					healthy: in.Healthy(), checked: app.checker != nil,
+					healthy: in.Healthy(), state: in.Status().State, checked: app.probes != nil,
 					inFlight: in.InFlight(), weight: in.Weight(), m: in.Metrics(),
 				}
 				if i, ok := index[k]; ok {
@@ -169,6 +176,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 func (im *instanceMetrics) merge(o *instanceMetrics) {
 	im.healthy = im.healthy && o.healthy
+	if !im.healthy && o.state != backend.StateHealthy {
+		im.state = o.state
+	}
 	im.checked = im.checked || o.checked
 	im.inFlight += o.inFlight
 	im.weight += o.weight
@@ -207,13 +217,9 @@ func (im *instanceMetrics) collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets, app, inst)
 	}
 
-	state := instanceStates[1]
-	if im.healthy {
-		state = instanceStates[0]
-	}
 	gauge(descHealthy, b2f(im.healthy))
-	for _, s := range instanceStates {
-		gauge(descState, b2f(s == state), s)
+	for _, s := range stateLabels {
+		gauge(descState, b2f(s == im.state), string(s))
 	}
 	gauge(descInFlight, float64(im.inFlight))
 	gauge(descWeight, float64(im.weight))

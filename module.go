@@ -28,7 +28,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/golb/caddy-lb/backend"
-	"github.com/golb/caddy-lb/health"
+
 	"github.com/golb/caddy-lb/report"
 	"github.com/golb/caddy-lb/strategy"
 	"github.com/golb/caddy-lb/upstream"
@@ -60,7 +60,7 @@ type Handler struct {
 	ctx        caddy.Context
 	events     *caddyevents.App
 	stopHealth context.CancelFunc
-	checkers   sync.WaitGroup
+	adopting   sync.WaitGroup
 	unregister func()
 	unmetrics  func()
 }
@@ -132,18 +132,120 @@ type App struct {
 	// The time between health checks of each instance. Default: 30s.
 	HealthCheckCooldown *Duration `json:"health_check_cooldown,omitempty"`
 
+	// The method of health checks. Default: GET.
+	HealthMethod string `json:"health_method,omitempty"`
+
+	// Headers sent with each health check; "Host" sets the Host header.
+	// Values are sent as given.
+	HealthHeaders http.Header `json:"health_headers,omitempty"`
+
+	// The port health checks go to, if not the instance's own.
+	HealthPort int `json:"health_port,omitempty"`
+
+	// The statuses a passing health check answers with: codes ("200")
+	// or classes ("2xx"). Redirects are never followed. Default: 2xx.
+	HealthStatus []string `json:"health_status,omitempty"`
+
+	// A regular expression (Go syntax) the body of a passing health check
+	// must match. At most the first 64 KiB of the body are read. Default:
+	// any body.
+	HealthBody string `json:"health_body,omitempty"`
+
+	// How many consecutive passing health checks bring an unhealthy
+	// instance back (HAProxy's rise); an instance never checked yet (see
+	// initially_unhealthy) is in after its first. Default: 1.
+	HealthPasses int `json:"health_passes,omitempty"`
+
+	// How many consecutive failing health checks take a healthy instance
+	// out (HAProxy's fall). Default: 1.
+	HealthFails int `json:"health_fails,omitempty"`
+
+	// A new instance starts unhealthy and gets traffic only after its
+	// first passing health check, rather than at once. Only with
+	// health_uri. An instance a reload keeps keeps its health either way.
+	InitiallyUnhealthy bool `json:"initially_unhealthy,omitempty"`
+
+	// Passive health checking: after this many consecutive failures of
+	// real requests (no connection, reset, timeout, or a status listed in
+	// unhealthy_status), the instance is ejected for fail_duration. 0 turns
+	// passive checks off. Default: 5.
+	MaxFails *int `json:"max_fails,omitempty"`
+
+	// Statuses of real responses that count as failures for max_fails:
+	// codes ("503") or classes ("5xx"). Default: none (only connection
+	// errors and timeouts count).
+	UnhealthyStatus []string `json:"unhealthy_status,omitempty"`
+
+	// How long an instance stays ejected the first time. Each further
+	// ejection doubles it, up to max_fail_duration; the doubling unwinds
+	// as the instance stays in. When the time is up a single trial request
+	// decides whether the instance is back or ejected again. A passing
+	// active health check ends an ejection early. Default: 10s.
+	FailDuration *Duration `json:"fail_duration,omitempty"`
+
+	// The longest an ejection lasts. Default: 5m (or fail_duration, if
+	// longer).
+	MaxFailDuration *Duration `json:"max_fail_duration,omitempty"`
+
+	// The largest share of the app's instances, in percent, that passive
+	// checks may eject at once; at least one may always be. Beyond it,
+	// failing instances stay in. Default: 50.
+	MaxEjectedPercent *int `json:"max_ejected_percent,omitempty"`
+
+	// Fail-open: when fewer than this percentage of the app's instances
+	// are available (healthy and not ejected), requests are balanced over
+	// all of them, health ignored, rather than answered 503 (Envoy's
+	// healthy panic threshold). Draining instances and those of weight 0
+	// stay out. Default: 0 (off).
+	PanicThreshold int `json:"panic_threshold,omitempty"`
+
+	// How many times a failed request may be retried on another instance.
+	// A request that never reached an instance (no connection, or
+	// reset before any byte was sent) is retried whatever its method,
+	// body intact. A request that failed after it was sent (timeout,
+	// reset) is retried only if its method is GET, HEAD, OPTIONS, TRACE,
+	// PUT or DELETE and its body was empty (or fully read, up to 64 KiB). Never
+	// once the response has begun. 0 turns retries off. Default: 2.
+	Retries *int `json:"retries,omitempty"`
+
+	// The time from the start of a request after which it is no longer
+	// retried. Default: none (only retries bounds them).
+	TryDuration *Duration `json:"try_duration,omitempty"`
+
+	// Retries allowed, as a percentage of the requests of the last 10
+	// seconds, above a floor of 10 retries in that window: a failing fleet
+	// is not hammered by retry storms. Default: 20.
+	RetryBudgetPercent *int `json:"retry_budget_percent,omitempty"`
+
+	// An instance that is added, becomes healthy or comes back from an
+	// ejection ramps its share of traffic from 10% to 100% of its weight
+	// over this time (HAProxy's slowstart), so a cold backend is not
+	// swamped. Default: 0 (off).
+	SlowStart *Duration `json:"slow_start,omitempty"`
+
 	// The backend instances: at least one.
 	Instances []*InstanceConfig `json:"instances,omitempty"`
 
 	name      string // for messages: the host, or "*" for the catch-all
+	pattern   string // the normalized host
 	strategy  strategy.Strategy
 	observer  strategy.Observer // the strategy, if it learns from latencies
 	timeout   time.Duration     // the latency a failed request counts as, for the observer
+	res       resilience
+	urls      []*url.URL // the instances' parsed URLs, in config order
+	weights   []int      // their weights
+	probes    []string   // their health check URLs; nil without health_uri
+	healthKey string     // the health settings, as part of instance state keys
+
+	// Set up by attach: the app's instances live in the process-wide
+	// pool of instance states (keys are what to release at Cleanup).
+	shared    []*sharedInstance
+	keys      []string
 	pool      *backend.Pool
 	targets   map[*backend.Instance]*target
 	sticky    *stickyCookie // nil without sticky_cookie
 	transport *upstream.Transport
-	checker   *health.Checker
+	budget    retryBudget
 	retired   atomic.Bool // set by Cleanup
 	nameValue any         // name, boxed once for the replacer
 }
@@ -182,8 +284,11 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the config, builds the apps and starts their health
-// checks. Any error names the app and the field at fault.
+// Provision checks the config and builds the apps. Their instances' live
+// state is shared with the configs before and after this one (see
+// sharedInstance); once Caddy runs this config, its settings apply to it
+// and health checks start, if they have not already. Any error names the
+// app and the field at fault.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.ctx = ctx
@@ -197,8 +302,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := app.provision(h.logger); err != nil {
 			return err
 		}
-		pattern, _ := normalizeAppHost(app.Host) // checked by provision
-		if err := h.router.add(pattern, app); err != nil {
+		if err := h.router.add(app.pattern, app); err != nil {
 			return fmt.Errorf("app %q: host: %w: another app already serves it", app.name, err)
 		}
 	}
@@ -208,31 +312,53 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	for _, app := range h.Apps {
-		if app.checker != nil {
-			app.checker.OnChange = h.emitHealthChange(app)
-		}
+		app.attach(h.logger, ctx.Done(), h.onChange(app))
 	}
 	if h.unmetrics, err = registerMetrics(ctx.GetMetricsRegistry(), h); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
 
-	// Health checks run for as long as this config does: they start once
-	// Caddy runs it, and stop when Caddy cancels ctx to unload it (also
-	// after a failed load or a `caddy validate`, which never run it);
-	// Cleanup waits for the loops to end.
-	hctx, cancel := context.WithCancel(ctx)
+	// The config's settings apply once Caddy runs it, and not at all if it
+	// fails to load or is only validated: until then the instances it
+	// shares with the running config follow that one's. Backends may be
+	// sites of this very config: health checks sent before it runs would
+	// find them not yet listening.
+	actx, cancel := context.WithCancel(ctx)
 	h.stopHealth = cancel
-	for _, app := range h.Apps {
-		if app.checker != nil {
-			h.checkers.Go(func() {
-				if awaitRunning(hctx, ctx.Done()) {
-					app.checker.Run(hctx)
-				}
-			})
+	h.adopting.Go(func() {
+		if awaitRunning(actx, ctx.Done()) {
+			h.adopt()
 		}
-	}
+	})
 	h.unregister = report.Register(ctx, h)
 	return nil
+}
+
+// adopt makes this config the one in charge of its instances: their
+// weights, policies and health check settings are its own from now on.
+// (Changes of their state are logged and emitted as its events from the
+// moment it runs, see sharedInstance.report.)
+func (h *Handler) adopt() {
+	now := backend.Now()
+	for _, app := range h.Apps {
+		var added []*backend.Instance
+		serving := false // some instance of the app served before this config
+		for i, s := range app.shared {
+			if s.in.Configure(app.weights[i], &app.res.passive, now) {
+				added = append(added, s.in)
+			} else {
+				serving = true
+			}
+			if s.monitor != nil {
+				s.monitor.Run(&app.res.health)
+			}
+		}
+		if serving {
+			for _, in := range added {
+				in.StartSlowStart(now)
+			}
+		}
+	}
 }
 
 // awaitRunning waits until Caddy runs the config whose context's Done
@@ -259,9 +385,10 @@ func awaitRunning(ctx context.Context, config <-chan struct{}) bool {
 	}
 }
 
-// Cleanup stops the health checks and releases idle backend connections.
-// Requests still in flight on this config keep working: Caddy may finish
-// them after Cleanup.
+// Cleanup releases the config's hold on its instances (the last config to
+// use an instance stops its health checks) and its idle backend
+// connections. Requests still in flight on this config keep working: Caddy
+// may finish them after Cleanup.
 func (h *Handler) Cleanup() error {
 	if h.unregister != nil {
 		h.unregister()
@@ -272,15 +399,16 @@ func (h *Handler) Cleanup() error {
 	if h.stopHealth != nil {
 		h.stopHealth()
 	}
-	h.checkers.Wait()
+	h.adopting.Wait()
 	for _, app := range h.Apps {
-		if app != nil && app.transport != nil {
+		if app == nil {
+			continue
+		}
+		if app.transport != nil {
 			app.retired.Store(true)
 			app.transport.CloseIdleConnections()
 		}
-		if app != nil && app.checker != nil {
-			app.checker.Client.CloseIdleConnections()
-		}
+		app.release(h.ctx.Done())
 	}
 	return nil
 }
@@ -299,38 +427,56 @@ func (h *Handler) ReportApps() []report.App {
 	apps := make([]report.App, 0, len(h.Apps))
 	now := backend.Now()
 	for _, app := range h.Apps {
-		ra := report.App{Host: app.Host, Strategy: app.Strategy}
+		ra := report.App{Host: app.Host, Strategy: app.Strategy, Panic: app.pool.Panicking()}
 		for _, in := range app.pool.All() {
-			st := in.Status()
-			ri := report.Instance{
-				URL:               st.URL,
-				Healthy:           st.Healthy,
-				ActiveConnections: st.InFlight,
-				TotalRequests:     st.TotalRequests,
-				Failures:          st.Failures,
-				LastError:         st.LastError,
-			}
-			setRecent(&ri, in.Recent(now))
-			if !st.LastChecked.IsZero() {
-				t := st.LastChecked.UTC()
-				ri.LastChecked = &t
-			}
-			ra.Instances = append(ra.Instances, ri)
+			ra.Instances = append(ra.Instances, reportInstance(in, now))
 		}
 		apps = append(apps, ra)
 	}
 	return apps
 }
 
-// provision applies defaults, checks the app's config and builds its pool,
-// strategy, transport and health checker.
+// reportInstance describes in for the report.
+func reportInstance(in *backend.Instance, now int64) report.Instance {
+	st := in.Status()
+	ri := report.Instance{
+		URL:                 st.URL,
+		State:               string(st.State),
+		Reason:              st.Reason,
+		Healthy:             st.Healthy,
+		ActiveConnections:   st.InFlight,
+		TotalRequests:       st.TotalRequests,
+		Failures:            st.Failures,
+		LastError:           st.LastError,
+		ConsecutivePasses:   st.ConsecutivePasses,
+		ConsecutiveFails:    st.ConsecutiveFails,
+		ConsecutiveFailures: st.PassiveFails,
+		Weight:              st.Weight,
+		EffectiveWeight:     st.EffectiveWeight,
+	}
+	since := st.Since.UTC()
+	ri.Since = &since
+	setRecent(&ri, in.Recent(now))
+	if !st.LastChecked.IsZero() {
+		t := st.LastChecked.UTC()
+		ri.LastChecked = &t
+	}
+	if !st.EjectedUntil.IsZero() {
+		t := st.EjectedUntil.UTC()
+		ri.EjectedUntil = &t
+	}
+	return ri
+}
+
+// provision applies defaults and checks the app's config, and builds
+// what serving it takes but its instances (see attach).
 //
 // The lbyaml adapter runs it at adapt time to check an app, and finds the
 // field at fault from the error's "app %q: <field>: " prefix: keep it free
-// of I/O and goroutines, and keep that form of error.
+// of I/O, goroutines and shared state, and keep that form of error.
 func (a *App) provision(logger *zap.Logger) error {
 	pattern, err := normalizeAppHost(a.Host)
-	a.name = a.Host
+	a.name, a.pattern = a.Host, pattern
 	if pattern == "" && err == nil {
 		a.name = "*"
 	}
@@ -373,16 +519,17 @@ func (a *App) provision(logger *zap.Logger) error {
 			return a.errorf("health_uri", err)
 		}
 	}
+	if a.res, err = a.provisionResilience(timeout, cooldown, healthURI != nil); err != nil {
+		return err
+	}
 	if len(a.Instances) == 0 {
 		return a.errorf("instances", ErrNoInstances)
 	}
 
-	a.transport = newTransport(timeout)
 	a.timeout = timeout
-	a.targets = make(map[*backend.Instance]*target, len(a.Instances))
-	errorLog := zap.NewStdLog(logger.With(zap.String("app", a.name)))
-	instances := make([]*backend.Instance, 0, len(a.Instances))
-	var targets []health.Target
+	a.urls = make([]*url.URL, 0, len(a.Instances))
+	a.weights = make([]int, 0, len(a.Instances))
+	seen := make(map[string]int, len(a.Instances))
 	for i, ic := range a.Instances {
 		field := fmt.Sprintf("instances[%d].url", i)
 		if ic == nil {
@@ -392,6 +539,10 @@ func (a *App) provision(logger *zap.Logger) error {
 		if err != nil {
 			return a.errorf(field, err)
 		}
+		if j, dup := seen[u.String()]; dup {
+			return a.errorf(field, fmt.Errorf("%w: %q is instances[%d] already; give it a weight instead", ErrDuplicateInstance, ic.URL, j))
+		}
+		seen[u.String()] = i
 		weight := 1
 		if ic.Weight != nil {
 			if weight = *ic.Weight; weight < 0 || weight > backend.MaxWeight {
@@ -399,93 +550,35 @@ func (a *App) provision(logger *zap.Logger) error {
 					fmt.Errorf("%w: want an integer from 0 to %d, got %d", ErrInvalidWeight, backend.MaxWeight, weight))
 			}
 		}
-		in := backend.NewWeighted(u, weight)
-		instances = append(instances, in)
-		a.targets[in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, in)}
+		a.urls = append(a.urls, u)
+		a.weights = append(a.weights, weight)
 		if healthURI != nil {
-			probe := *u
-			probe.Path = joinPath(u.Path, healthURI.Path)
-			probe.RawPath = joinPath(u.EscapedPath(), healthURI.EscapedPath())
-			probe.RawQuery = healthURI.RawQuery
-			targets = append(targets, health.Target{Instance: in, URL: probe.String()})
+			a.probes = append(a.probes, probeURL(u, healthURI, a.HealthPort))
 		}
 	}
-	a.pool = backend.NewPool(instances...)
+	a.healthKey = a.healthSettingsKey()
 	a.nameValue = a.name
-	if a.StickyCookie != "" {
-		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
-		for value, in := range a.sticky.instances {
-			t := a.targets[in]
-			t.cookie, t.secureCookie = a.sticky.setCookie(value)
-		}
-	}
-
-	if len(targets) > 0 {
-		a.checker = &health.Checker{
-			App:      a.name,
-			Targets:  targets,
-			Interval: cooldown,
-			Timeout:  timeout,
-			Client:   health.NewClient(newProbeTransport(timeout)),
-			Logger:   logger,
-		}
-	}
 	return nil
 }
 
 // errorf wraps err with the app's name and the field at fault.
 func (a *App) errorf(field string, err error) error {
-	return fmt.Errorf("app %q: %s: %w", a.name, field, err)
+	return &fieldError{app: a.name, field: field, err: err}
 }
 
-// serve proxies r to the instance its sticky cookie names, if there is one
-// and it is available, or else to an instance picked by the app's strategy
-// (and then sets the sticky cookie, if the app has one).
-func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
-	start := backend.Now()
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil {
-		repl.Set("http.load_balancer.app", a.nameValue)
-		repl.Set("http.load_balancer.retries", zeroValue)
-	}
-	var in *backend.Instance
-	if a.sticky != nil {
-		in = a.sticky.pinned(r)
-	}
-	pinned := in != nil
-	if !pinned {
-		if in = a.strategy.Select(a.pool, r); in == nil {
-			setDuration(repl, start)
-			return caddyhttp.Error(http.StatusServiceUnavailable,
-				fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
-		}
-	}
-	t := a.targets[in]
-	if repl != nil {
-		repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
-	}
-	if accessLogged(r) {
-		if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-			extra.Set(t.logField)
-		}
-	}
-	if a.sticky != nil && !pinned {
-		cookie := t.cookie
-		if r.TLS != nil {
-			cookie = t.secureCookie
-		}
-		w.Header().Add("Set-Cookie", cookie)
-	}
-	in.Acquire()
-	defer a.done(in, repl, start) // also when the proxy aborts the response with a panic
-	return proxy(t.proxy, in, a.observer, a.timeout, w, r)
+// fieldError is a config error of an app's field, as errorf makes it.
+type fieldError struct {
+	app, field string
+	err        error
 }
+
+func (e *fieldError) Error() string { return fmt.Sprintf("app %q: %s: %v", e.app, e.field, e.err) }
+func (e *fieldError) Unwrap() error { return e.err }
 
 // done ends a request to in that started at start (as returned by
 // backend.Now).
-func (a *App) done(in *backend.Instance, repl *caddy.Replacer, start int64) {
+func (a *App) done(in *backend.Instance) {
 	in.Release()
-	setDuration(repl, start)
 	if a.retired.Load() {
 		// Caddy finishes the requests of an unloaded config on it, after
 		// Cleanup: the connection this one gave back must not linger.
@@ -549,23 +642,33 @@ func loadEvents(ctx caddy.Context) (app *caddyevents.App, err error) {
 	return a.(*caddyevents.App), nil
 }
 
-// emitHealthChange returns the health checker's OnChange for app: it emits
-// load_balancer.instance_healthy or load_balancer.instance_unhealthy with
-// the app, the instance (its redacted URL) and the reason.
-func (h *Handler) emitHealthChange(app *App) func(context.Context, *backend.Instance, bool, string) {
-	return func(ctx context.Context, in *backend.Instance, healthy bool, reason string) {
-		if h.events == nil || ctx.Err() != nil || h.ctx.Err() != nil {
-			return
+// onChange returns what reports the changes of state of app's
+// instances while this config is in charge of them: one log line each
+// (warnings for those that take an instance out), and the event
+// load_balancer.instance_<event> with the app, the instance (its redacted
+// URL), the reason and, for an ejection, when it ends.
+func (h *Handler) onChange(app *App) func(backend.Change) {
+	return func(c backend.Change) {
+		fields := []zap.Field{
+			zap.String("app", app.name),
+			zap.String("instance", c.Instance.String()),
+			zap.String("reason", c.Reason),
 		}
-		name := "load_balancer.instance_unhealthy"
-		if healthy {
-			name = "load_balancer.instance_healthy"
+		data := map[string]any{"app": app.name, "instance": c.Instance.String(), "reason": c.Reason}
+		if !c.Until.IsZero() {
+			fields = append(fields, zap.Time("until", c.Until))
+			data["until"] = c.Until.UTC().Format(time.RFC3339Nano)
 		}
-		h.events.Emit(h.ctx, name, map[string]any{
-			"app":      app.name,
-			"instance": in.String(),
-			"reason":   reason,
-		})
+		msg := "instance " + string(c.Event)
+		switch c.Event {
+		case backend.EventUnhealthy, backend.EventEjected:
+			h.logger.Warn(msg, fields...)
+		default:
+			h.logger.Info(msg, fields...)
+		}
+		if h.events != nil && h.ctx.Err() == nil {
+			h.events.Emit(h.ctx, "load_balancer.instance_"+string(c.Event), data)
+		}
 	}
 }
 

@@ -3,12 +3,12 @@ package caddylb
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -68,15 +68,16 @@ func dialer(timeout time.Duration) *net.Dialer {
 	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 }
 
-// newProbeTransport returns the transport health checks go through: its
-// own pool of one idle connection per instance, so probes neither wait
-// behind nor take connections from proxied traffic. It is the fast path
-// too: an idle connection there costs no goroutine, which counts when an
-// app checks thousands of instances.
-func newProbeTransport(timeout time.Duration) *upstream.Transport {
-	std := newStdTransport(timeout)
+// newProbeTransport returns the transport an instance's health checks go
+// through: its own single idle connection, so probes neither wait behind
+// nor take connections from proxied traffic. It is the fast path too: an
+// idle connection there costs no goroutine, which counts when an app
+// checks thousands of instances. Each probe's context bounds it with the
+// app's timeout.
+func newProbeTransport() *upstream.Transport {
+	std := newStdTransport(probeTimeout)
 	std.MaxIdleConnsPerHost = 1
-	t := newTransport(timeout)
+	t := newTransport(probeTimeout)
 	t.Fallback, t.MaxIdlePerHost = std, 1
 	return t
 }
@@ -160,15 +161,18 @@ func setForwarded(pr *httputil.ProxyRequest) {
 	out.Header.Set("X-Forwarded-Host", host)
 }
 
-// proxy sends r to the instance through rp and turns a failure into the
-// error Caddy should answer with. The instance records how long it took to
-// send its response headers (from just before the request is sent, dialing
-// included) and the status the client got. If obs is not nil, it is told
-// that latency too; a request the instance failed (502, 504) counts as
-// taking at least penalty, so that a broken instance looks slow rather than
-// fast. Requests the client gave up on count nothing for obs.
-func proxy(rp *httputil.ReverseProxy, in *backend.Instance, obs strategy.Observer, penalty time.Duration,
-	w http.ResponseWriter, r *http.Request) error {
+// proxy sends r to the instance through rp and returns the status the
+// client got or should get, and the error that failed the exchange (nil if
+// the instance answered; the response is then under way or done). The
+// instance records how long it took to send its response headers (from
+// just before the request is sent, dialing included), the status, and
+// the outcome for passive health checks in pool (trial: the request is
+// the trial of an ejected instance). If obs is not nil, it is told that
+// latency too; a request the instance failed (502, 504) counts as taking
+// at least penalty, so that a broken instance looks slow rather than fast.
+// Requests the client gave up on count nothing for obs or passive checks.
+func proxy(rp *httputil.ReverseProxy, in *backend.Instance, pool *backend.Pool, trial bool,
+	obs strategy.Observer, penalty time.Duration, w http.ResponseWriter, r *http.Request) (status int, err error) {
 	pw := writers.Get().(*proxyWriter)
 	pw.ResponseWriter = w
 	pw.obs, pw.in, pw.start = obs, in, backend.Now()
@@ -179,22 +183,35 @@ func proxy(rp *httputil.ReverseProxy, in *backend.Instance, obs strategy.Observe
 		if status == 0 {
 			status = http.StatusBadGateway
 		}
-		in.RecordResponse(status, backend.Now())
+		now := backend.Now()
+		in.RecordResponse(status, now)
+		switch p := in.Policy(); {
+		case status == StatusClientClosedRequest:
+			if trial {
+				in.AbandonTrial()
+			}
+		case pw.err != nil:
+			pool.Failed(in, now, pw.err.Error(), trial)
+		case p.UnhealthyStatus.Has(status):
+			pool.Failed(in, now, "status "+strconv.Itoa(status), trial)
+		default:
+			in.Succeeded(trial, now)
+		}
 		*pw = proxyWriter{}
 		writers.Put(pw)
 	}()
 
 	rp.ServeHTTP(pw, r)
 	if pw.err == nil {
-		return nil
+		return pw.status, nil
 	}
-	status := statusFor(r, pw.err)
+	status = statusFor(r, pw.err)
 	pw.status = status
 	if status != StatusClientClosedRequest {
 		in.RecordFailure()
 		pw.observeAtLeast(penalty)
 	}
-	return caddyhttp.Error(status, fmt.Errorf("instance %s: %w", in, pw.err))
+	return status, pw.err
 }
 
 // statusFor maps a proxying error to a status: 499 if the client went

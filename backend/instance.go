@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // MaxWeight is the largest weight an instance may have. It keeps sums of
@@ -19,21 +18,33 @@ const MaxWeight = 1_000_000
 
 // Instance is one backend server: where it is, and how it is doing.
 //
-// An Instance is safe for concurrent use. Its URL and weight never change;
-// everything else is live state.
+// An Instance is safe for concurrent use. Its URL never changes; its
+// weight and policy follow the config that runs it (an Instance may be
+// kept across config reloads); everything else is live state, see
+// state.go for how it changes.
 type Instance struct {
 	url      *url.URL
 	redacted string
-	weight   int
 
-	healthy   atomic.Bool
+	weight    atomic.Int64 // as configured
+	selWeight atomic.Int64 // for selection: weight × slow-start step (1..rampSteps)
+	flags     atomic.Uint32
+
 	inFlight  atomic.Int64
 	requests  atomic.Uint64
 	failures  atomic.Uint64
+	consec    atomic.Int64  // consecutive failures of real requests
 	pickStamp atomic.Uint64 // set by the strategy that picks the instance, for fair tie-breaking
 	latency   atomic.Uint64 // peak EWMA of response-header latency, see latency.go; 0 = no sample
 	lastCheck atomic.Int64  // unix nanoseconds of the last health check; 0 = never
 	lastError atomic.Pointer[string]
+
+	policy      atomic.Pointer[Policy]
+	onChange    atomic.Pointer[func(Change)]
+	drainedSent atomic.Bool // EventDrained reported for the current drain
+
+	mu sync.Mutex // guards st, the state machine's bookkeeping
+	st state
 
 	stats stats // for the metrics and the report, see stats.go
 
@@ -47,12 +58,11 @@ type Instance struct {
 func New(u *url.URL) *Instance { return NewWeighted(u, 1) }
 
 // NewWeighted returns a healthy instance of the given weight for the
-// backend at u. A weight of 0 (or less) means the instance takes no new
-// requests; callers check weights against MaxWeight.
+// backend at u, with passive checks and slow start off. A weight of 0 (or
+// less) means the instance takes no new requests; callers check weights
+// against MaxWeight.
 func NewWeighted(u *url.URL, weight int) *Instance {
-	in := &Instance{url: u, redacted: Redact(u), weight: max(weight, 0)}
-	in.healthy.Store(true)
-	return in
+	return NewWithPolicy(u, weight, &Policy{}, Now())
 }
 
 // URL returns the instance's address. Callers must not modify it.
@@ -62,29 +72,36 @@ func (in *Instance) URL() *url.URL { return in.url }
 // and reports.
 func (in *Instance) String() string { return in.redacted }
 
-// Weight returns the instance's share of traffic relative to the other
-// instances of its pool; 0 means no new requests.
-func (in *Instance) Weight() int { return in.weight }
+// Weight returns the instance's configured share of traffic relative to
+// the other instances of its pool; 0 means no new requests.
+func (in *Instance) Weight() int { return int(in.weight.Load()) }
 
-// Healthy reports whether the instance passes its health checks.
-func (in *Instance) Healthy() bool { return in.healthy.Load() }
+// SelectionWeight is the weight strategies balance by: the configured
+// weight scaled by rampSteps, lower while the instance ramps up in slow
+// start. Only ratios between instances mean anything.
+func (in *Instance) SelectionWeight() int { return int(in.selWeight.Load()) }
+
+// Healthy reports whether the instance passes its active health checks
+// and is not ejected by passive ones.
+func (in *Instance) Healthy() bool { return in.flags.Load()&(flagUnhealthy|flagEjected) == 0 }
 
 // Available reports whether the instance may receive new requests: it is
-// healthy and its weight is above 0.
-func (in *Instance) Available() bool { return in.weight > 0 && in.healthy.Load() }
+// healthy (or ejected with its trial request open), not draining, and its
+// weight is above 0.
+func (in *Instance) Available() bool {
+	return available(in.flags.Load()) && in.selWeight.Load() > 0
+}
 
-// SetHealthy records the instance's health and reports whether it changed.
-// An instance that recovers starts with no latency history: what it
-// measured before it went down says nothing about it now.
+// SetHealthy sets the instance's active health at once, without the
+// streaks of health checks, and reports whether it changed.
 func (in *Instance) SetHealthy(healthy bool) (changed bool) {
-	if in.healthy.Swap(healthy) == healthy {
-		return false
-	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	reason := "set unhealthy"
 	if healthy {
-		in.latency.Store(0)
+		reason = "set healthy"
 	}
-	epoch.Add(1)
-	return true
+	return in.setActiveLocked(healthy, reason, Now())
 }
 
 // InFlight returns the number of requests the instance is serving now.
@@ -97,8 +114,13 @@ func (in *Instance) Acquire() {
 	in.requests.Add(1)
 }
 
-// Release ends a request counted by Acquire.
-func (in *Instance) Release() { in.inFlight.Add(-1) }
+// Release ends a request counted by Acquire. The last request of a
+// draining instance to end reports that it is drained.
+func (in *Instance) Release() {
+	if in.inFlight.Add(-1) == 0 && in.flags.Load()&flagDraining != 0 {
+		in.reportDrained()
+	}
+}
 
 // RecordFailure counts a request the instance failed to answer.
 func (in *Instance) RecordFailure() { in.failures.Add(1) }
@@ -118,11 +140,14 @@ func (in *Instance) SetPickStamp(stamp uint64) { in.pickStamp.Store(stamp) }
 func (in *Instance) TryStartCheck() bool { return in.checking.TryLock() }
 
 // FinishCheck records the outcome of a health check started with
-// TryStartCheck (err == nil means it passed) and reports whether the
-// instance's health changed.
-func (in *Instance) FinishCheck(at time.Time, err error) (changed bool) {
+// TryStartCheck (err == nil means it passed) at now (as returned by Now),
+// and applies it with the given streak thresholds: passes consecutive
+// passing checks bring an unhealthy instance back (its first check is
+// enough), fails consecutive failing ones take a healthy one out. A
+// passing check also ends an ejection.
+func (in *Instance) FinishCheck(now int64, err error, passes, fails int) {
 	defer in.checking.Unlock()
-	in.lastCheck.Store(at.UnixNano())
+	in.lastCheck.Store(wallNanos(now))
 	if err != nil {
 		in.stats.checksFailed.Add(1)
 		msg := err.Error()
@@ -131,41 +156,12 @@ func (in *Instance) FinishCheck(at time.Time, err error) (changed bool) {
 		in.stats.checksPassed.Add(1)
 		in.lastError.Store(nil)
 	}
-	return in.SetHealthy(err == nil)
+	in.checked(now, err, passes, fails)
 }
 
 // AbandonCheck ends a check started with TryStartCheck without recording
 // an outcome, for a check cut short by its caller.
 func (in *Instance) AbandonCheck() { in.checking.Unlock() }
-
-// Status is a point-in-time copy of an instance's state.
-type Status struct {
-	URL           string
-	Healthy       bool
-	InFlight      int64
-	TotalRequests uint64
-	Failures      uint64
-	LastChecked   time.Time // zero if never checked
-	LastError     string
-}
-
-// Status returns a copy of the instance's current state.
-func (in *Instance) Status() Status {
-	s := Status{
-		URL:           in.redacted,
-		Healthy:       in.healthy.Load(),
-		InFlight:      in.inFlight.Load(),
-		TotalRequests: in.requests.Load(),
-		Failures:      in.failures.Load(),
-	}
-	if ns := in.lastCheck.Load(); ns != 0 {
-		s.LastChecked = time.Unix(0, ns)
-	}
-	if msg := in.lastError.Load(); msg != nil {
-		s.LastError = *msg
-	}
-	return s
-}
 
 // Redact returns u as a string with any userinfo replaced by "xxxxx", so that
 // credentials in a backend URL never reach a log line or a report.

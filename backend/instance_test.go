@@ -32,8 +32,19 @@ func TestNewIsHealthyAndIdle(t *testing.T) {
 	if got, want := in.String(), "http://xxxxx@127.0.0.1:8080/base"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
 	}
-	want := backend.Status{URL: "http://xxxxx@127.0.0.1:8080/base", Healthy: true}
-	if got := in.Status(); got != want {
+	got := in.Status()
+	if got.Since.IsZero() {
+		t.Error("Status().Since is zero, want the time the instance was made")
+	}
+	got.Since = time.Time{}
+	want := backend.Status{
+		URL:     "http://xxxxx@127.0.0.1:8080/base",
+		State:   backend.StateHealthy,
+		Reason:  "new",
+		Healthy: true,
+		Weight:  1, EffectiveWeight: 1,
+	}
+	if got != want {
 		t.Errorf("Status() = %+v, want %+v", got, want)
 	}
 	if got := in.PickStamp(); got != 0 {
@@ -140,8 +151,8 @@ func TestTryStartCheck(t *testing.T) {
 		name   string
 		finish func(*backend.Instance)
 	}{
-		{name: "FinishCheck passed", finish: func(in *backend.Instance) { in.FinishCheck(time.Now(), nil) }},
-		{name: "FinishCheck failed", finish: func(in *backend.Instance) { in.FinishCheck(time.Now(), errors.New("boom")) }},
+		{name: "FinishCheck passed", finish: func(in *backend.Instance) { in.FinishCheck(backend.Now(), nil, 1, 1) }},
+		{name: "FinishCheck failed", finish: func(in *backend.Instance) { in.FinishCheck(backend.Now(), errors.New("boom"), 1, 1) }},
 		{name: "AbandonCheck", finish: (*backend.Instance).AbandonCheck},
 	}
 	for _, tt := range tests {
@@ -168,11 +179,13 @@ func TestTryStartCheck(t *testing.T) {
 	}
 }
 
+// TestFinishCheck checks with streaks of one, each change reported once
+// to OnChange. (state_test.go covers longer streaks.)
 func TestFinishCheck(t *testing.T) {
-	base := time.Date(2025, 3, 4, 5, 6, 7, 891011121, time.UTC)
+	base := int64(3 * time.Hour)
 	type check struct {
-		err         error
-		wantChanged bool
+		err        error
+		wantChange backend.Event // "" for none
 	}
 	tests := []struct {
 		name   string
@@ -183,36 +196,48 @@ func TestFinishCheck(t *testing.T) {
 	}{
 		{
 			name:        "pass keeps healthy",
-			checks:      []check{{nil, false}},
+			checks:      []check{{nil, ""}},
 			wantHealthy: true,
 		},
 		{
 			name:        "fail marks unhealthy",
-			checks:      []check{{errors.New("status 503"), true}},
+			checks:      []check{{errors.New("status 503"), backend.EventUnhealthy}},
 			wantHealthy: false, wantErr: "status 503",
 		},
 		{
 			name:        "second failure is no change, keeps newest error",
-			checks:      []check{{errors.New("status 503"), true}, {errors.New("no answer within 1s"), false}},
+			checks:      []check{{errors.New("status 503"), backend.EventUnhealthy}, {errors.New("no answer within 1s"), ""}},
 			wantHealthy: false, wantErr: "no answer within 1s",
 		},
 		{
 			name:        "recovery clears the error",
-			checks:      []check{{errors.New("status 500"), true}, {nil, true}},
+			checks:      []check{{errors.New("status 500"), backend.EventUnhealthy}, {nil, backend.EventHealthy}},
 			wantHealthy: true,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
-			var at time.Time
+			var changes []backend.Event
+			in.SetOnChange(func(c backend.Change) { changes = append(changes, c.Event) })
+			var at int64
 			for i, c := range tt.checks {
-				at = base.Add(time.Duration(i) * time.Minute)
+				at = base + int64(i)*int64(time.Minute)
 				if !in.TryStartCheck() {
 					t.Fatalf("check %d: TryStartCheck() = false", i)
 				}
-				if got := in.FinishCheck(at, c.err); got != c.wantChanged {
-					t.Errorf("check %d: FinishCheck(%v) changed = %v, want %v", i, c.err, got, c.wantChanged)
+				before := len(changes)
+				in.FinishCheck(at, c.err, 1, 1)
+				var got backend.Event
+				switch len(changes) - before {
+				case 0:
+				case 1:
+					got = changes[before]
+				default:
+					t.Fatalf("check %d: FinishCheck(%v) reported %v, want at most one change", i, c.err, changes[before:])
+				}
+				if got != c.wantChange {
+					t.Errorf("check %d: FinishCheck(%v) reported %q, want %q", i, c.err, got, c.wantChange)
 				}
 			}
 			s := in.Status()
@@ -222,8 +247,8 @@ func TestFinishCheck(t *testing.T) {
 			if s.LastError != tt.wantErr {
 				t.Errorf("Status().LastError = %q, want %q", s.LastError, tt.wantErr)
 			}
-			if !s.LastChecked.Equal(at) {
-				t.Errorf("Status().LastChecked = %v, want %v", s.LastChecked, at)
+			if want := backend.WallTime(at); !s.LastChecked.Equal(want) {
+				t.Errorf("Status().LastChecked = %v, want %v", s.LastChecked, want)
 			}
 		})
 	}
@@ -231,11 +256,11 @@ func TestFinishCheck(t *testing.T) {
 
 func TestAbandonCheckRecordsNothing(t *testing.T) {
 	in := backend.New(mustParse(t, "http://127.0.0.1:1"))
-	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := int64(time.Hour)
 	if !in.TryStartCheck() {
 		t.Fatal("TryStartCheck() = false")
 	}
-	in.FinishCheck(at, errors.New("status 500"))
+	in.FinishCheck(at, errors.New("status 500"), 1, 1)
 	before := in.Status()
 
 	if !in.TryStartCheck() {
@@ -256,26 +281,36 @@ func TestStatus(t *testing.T) {
 		in.Release()
 	}
 	in.RecordFailure()
-	at := time.Date(2024, 12, 31, 23, 59, 59, 123456789, time.UTC)
+	at := int64(2 * time.Hour)
 	if !in.TryStartCheck() {
 		t.Fatal("TryStartCheck() = false")
 	}
-	in.FinishCheck(at, errors.New("status 502"))
+	in.FinishCheck(at, errors.New("status 502"), 1, 1)
 
 	got := in.Status()
 	want := backend.Status{
-		URL:           "https://xxxxx@10.0.0.1:8443/app?x=1",
-		Healthy:       false,
-		InFlight:      3,
-		TotalRequests: 5,
-		Failures:      1,
-		LastChecked:   at,
-		LastError:     "status 502",
+		URL:              "https://xxxxx@10.0.0.1:8443/app?x=1",
+		State:            backend.StateUnhealthy,
+		Reason:           "status 502",
+		Since:            backend.WallTime(at),
+		Healthy:          false,
+		InFlight:         3,
+		TotalRequests:    5,
+		Failures:         1,
+		LastChecked:      backend.WallTime(at),
+		LastError:        "status 502",
+		ConsecutiveFails: 1,
+		Weight:           1,
+		EffectiveWeight:  1,
 	}
 	if !got.LastChecked.Equal(want.LastChecked) {
 		t.Errorf("LastChecked = %v, want %v", got.LastChecked, want.LastChecked)
 	}
+	if !got.Since.Equal(want.Since) {
+		t.Errorf("Since = %v, want %v", got.Since, want.Since)
+	}
 	got.LastChecked, want.LastChecked = time.Time{}, time.Time{}
+	got.Since, want.Since = time.Time{}, time.Time{}
 	if got != want {
 		t.Errorf("Status() =\n %+v, want\n %+v", got, want)
 	}
@@ -284,7 +319,7 @@ func TestStatus(t *testing.T) {
 	snapshot := in.Status()
 	in.Acquire()
 	in.SetHealthy(true)
-	if snapshot.InFlight != 3 || snapshot.Healthy {
+	if snapshot.InFlight != 3 || snapshot.Healthy || snapshot.State != backend.StateUnhealthy {
 		t.Errorf("an earlier Status changed with the instance: %+v", snapshot)
 	}
 }

@@ -1,6 +1,9 @@
 package backend
 
-import "sync/atomic"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // epoch counts health changes of every instance in the process. A Pool
 // compares it with the epoch of its cached list of available instances, so
@@ -11,11 +14,19 @@ var epoch atomic.Uint64
 type Pool struct {
 	all       []*Instance
 	available atomic.Pointer[availableList]
+
+	// panicThreshold, in percent: below that share of available
+	// instances, the pool offers all of them. 0: never.
+	panicThreshold int
+
+	ejectMu sync.Mutex // serializes ejections, for MaxEjectedPercent
 }
 
 type availableList struct {
 	epoch     uint64
 	instances []*Instance
+	weights   []int64 // the instances' selection weights when listed
+	panicking bool
 }
 
 // NewPool returns a pool of the given instances, in that order.
@@ -26,59 +37,124 @@ func NewPool(instances ...*Instance) *Pool {
 	return p
 }
 
+// SetPanicThreshold sets the pool's panic threshold, in percent: when
+// fewer than that share of its instances (not counting those draining or
+// of weight 0) are available, Available lists all of them, and Admit lets
+// requests go to ejected ones. 0 turns it off. Set it before the pool is
+// used.
+func (p *Pool) SetPanicThreshold(percent int) { p.panicThreshold = percent }
+
 // All returns every instance of the pool in config order, available or not.
 // Callers must not modify the slice.
 func (p *Pool) All() []*Instance { return p.all }
 
 // Available returns the instances that may receive new requests (healthy,
-// weight above 0), in config order. Callers must not modify it.
+// not draining, weight above 0, ejected ones only for their trial
+// request), in config order, or in panic (see SetPanicThreshold) every
+// instance not draining of weight above 0. Callers must not modify it.
 //
-// The list is rebuilt only after some instance's health changed, so this
+// The list is rebuilt only after some instance's state changed, so this
 // allocates nothing in the steady state. A rebuild that finds the same
-// instances available returns the very same slice, so a strategy may key
-// what it derives from the list (a schedule, a sampling table) on the
-// slice's identity. (Rebuilds racing each other may hand out equal
-// contents in two slices; that costs the strategy one more derivation.)
+// instances with the same weights returns the very same slice, so a
+// strategy may key what it derives from the list (a schedule, a sampling
+// table) on the slice's identity. (Rebuilds racing each other may hand out
+// equal contents in two slices; that costs the strategy one more
+// derivation.)
 func (p *Pool) Available() []*Instance {
 	if cur := p.available.Load(); cur.epoch == epoch.Load() {
 		return cur.instances
 	}
-	return p.rebuild()
+	return p.rebuild().instances
+}
+
+// Panicking reports whether the pool is in panic: too few of its
+// instances are available, so it offers all of them.
+func (p *Pool) Panicking() bool {
+	if cur := p.available.Load(); cur.epoch == epoch.Load() {
+		return cur.panicking
+	}
+	return p.rebuild().panicking
+}
+
+// Admit is Instance.Admit with the pool's panic state.
+func (p *Pool) Admit(in *Instance) (ok, trial bool) {
+	if ok, trial = in.Admit(false); ok {
+		return ok, trial
+	}
+	return p.Panicking(), false
+}
+
+// Failed records a request in failed, at now, for reason; trial says it
+// was the ejected instance's trial request (see Instance.Admit). After the
+// policy's MaxFails consecutive failures the instance is ejected, unless
+// MaxEjectedPercent of the pool's instances are ejected already (at least
+// one may always be): the ones still in take the traffic.
+func (p *Pool) Failed(in *Instance, now int64, reason string, trial bool) {
+	p.ejectMu.Lock()
+	defer p.ejectMu.Unlock()
+	in.failed(now, reason, trial, func() bool {
+		ejected := 0
+		for _, x := range p.all {
+			if x != in && x.flags.Load()&flagEjected != 0 {
+				ejected++
+			}
+		}
+		allowed := max(1, len(p.all)*in.policy.Load().MaxEjectedPercent/100)
+		return ejected < allowed
+	})
 }
 
 // rebuild is Available's slow path, apart to keep the common path short.
-func (p *Pool) rebuild() []*Instance {
-	// Rebuilding under the epoch read before it means a health change that
-	// races with the rebuild leaves this list stale for one call at most:
-	// the next call sees a newer epoch and rebuilds again.
+func (p *Pool) rebuild() *availableList {
+	// Rebuilding under the epoch read before it means a change that races
+	// with the rebuild leaves this list stale for one call at most: the
+	// next call sees a newer epoch and rebuilds again.
 	e := epoch.Load()
 	cur := p.available.Load()
-	var list []*Instance
-	if cur.epoch != ^uint64(0) && p.unchanged(cur.instances) {
-		list = cur.instances
-	} else {
-		list = make([]*Instance, 0, len(p.all))
+	list := make([]*Instance, 0, len(p.all))
+	eligible := 0
+	for _, in := range p.all {
+		if in.selWeight.Load() <= 0 || in.flags.Load()&flagDraining != 0 {
+			continue
+		}
+		eligible++
+		if in.Available() {
+			list = append(list, in)
+		}
+	}
+	panicking := false
+	if p.panicThreshold > 0 && len(list)*100 < p.panicThreshold*eligible {
+		panicking = true
+		list = list[:0]
 		for _, in := range p.all {
-			if in.Available() {
+			if in.selWeight.Load() > 0 && in.flags.Load()&flagDraining == 0 {
 				list = append(list, in)
 			}
 		}
 	}
-	p.available.Store(&availableList{epoch: e, instances: list})
-	return list
+	next := &availableList{epoch: e, instances: list, panicking: panicking}
+	if cur.epoch != ^uint64(0) && sameList(cur, list) {
+		next.instances, next.weights = cur.instances, cur.weights
+	} else {
+		next.weights = make([]int64, len(list))
+		for i, in := range list {
+			next.weights[i] = in.selWeight.Load()
+		}
+	}
+	p.available.Store(next)
+	return next
 }
 
-// unchanged reports whether list is still exactly the available instances.
-func (p *Pool) unchanged(list []*Instance) bool {
-	i := 0
-	for _, in := range p.all {
-		if !in.Available() {
-			continue
-		}
-		if i == len(list) || list[i] != in {
+// sameList reports whether list holds the instances of cur, with the
+// selection weights they had when cur was built.
+func sameList(cur *availableList, list []*Instance) bool {
+	if len(cur.instances) != len(list) {
+		return false
+	}
+	for i, in := range list {
+		if cur.instances[i] != in || cur.weights[i] != in.selWeight.Load() {
 			return false
 		}
-		i++
 	}
-	return i == len(list)
+	return true
 }

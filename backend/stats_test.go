@@ -58,7 +58,7 @@ func TestChecksCounted(t *testing.T) {
 			t.Fatal("TryStartCheck = false")
 		}
 		in.ObserveCheck(time.Millisecond)
-		in.FinishCheck(time.Now(), err)
+		in.FinishCheck(backend.Now(), err, 1, 1)
 	}
 	m := in.Metrics()
 	if m.ChecksPassed != 3 || m.ChecksFailed != 2 || m.CheckDuration.Count != 5 {

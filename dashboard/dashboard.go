@@ -35,7 +35,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 	"strings"
 
@@ -54,7 +53,7 @@ const (
 )
 
 // maxDrainBody bounds the body of a drain or undrain request.
-const maxDrainBody = 64 << 10
+const maxDrainBody = report.MaxDrainBody
 
 func init() {
 	caddy.RegisterModule(new(Handler))
@@ -66,7 +65,8 @@ type Handler struct {
 	// Shows drain and undrain buttons on the page and accepts drain and
 	// undrain requests. Off by default: the dashboard is read-only. It
 	// takes effect only if the load balancer can drain instances at
-	// runtime; until then the buttons stay hidden and requests get 501.
+	// runtime (it registers with the report package when linked in);
+	// without it the buttons stay hidden and requests get 501.
 	AllowDrain bool `json:"allow_drain,omitempty"`
 }
 
@@ -177,13 +177,6 @@ func serveReport(w http.ResponseWriter, r *http.Request, allowDrain bool) {
 // browser and pass.
 var csrf = http.NewCrossOriginProtection()
 
-// drainRequest is the body of a drain or undrain request: the instance as
-// the report names it.
-type drainRequest struct {
-	Host string `json:"host"`
-	URL  string `json:"url"`
-}
-
 // serveDrain drains (drain true) or undrains an instance, for POST.
 func (h *Handler) serveDrain(w http.ResponseWriter, r *http.Request, drain bool) {
 	if !allowMethods(w, r, http.MethodPost) {
@@ -201,24 +194,12 @@ func (h *Handler) serveDrain(w http.ResponseWriter, r *http.Request, drain bool)
 		writeError(w, http.StatusNotImplemented, report.ErrNoDrainer.Error())
 		return
 	}
-	// A JSON body also keeps HTML forms out: a cross-origin page cannot
-	// send it without a CORS preflight.
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
-		writeError(w, http.StatusUnsupportedMediaType, `want a JSON body {"host": ..., "url": ...} with Content-Type application/json`)
+	req, status, err := report.DecodeDrainRequest(w, r)
+	if err != nil {
+		writeError(w, status, err.Error())
 		return
 	}
-	var req drainRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxDrainBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
-		return
-	}
-	if req.URL == "" {
-		writeError(w, http.StatusBadRequest, `bad request body: "url" is missing`)
-		return
-	}
-	err := report.Drain(req.Host, req.URL, drain)
+	err = report.Drain(req.Host, req.URL, drain)
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, struct {

@@ -1,5 +1,6 @@
 // Package health checks backend instances actively: it asks each one for a
-// health URI on an interval and marks it healthy or not by the answer.
+// health URI on an interval and feeds the answers to the instance's state
+// machine (backend.Instance.FinishCheck), which applies the streaks.
 package health
 
 import (
@@ -7,50 +8,158 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/golb/caddy-lb/backend"
 )
 
-// maxBodyRead bounds how much of a probe's response body is read (and
-// discarded) so the connection can be reused.
+// maxBodyRead bounds how much of a probe's response body is read: matched
+// against Spec.Body, or discarded so the connection can be reused.
 const maxBodyRead = 64 << 10
 
-// Checker probes the instances of one app. Run it in its own goroutine; it
-// stops when its context ends.
-type Checker struct {
-	// App names the app in log lines.
-	App string
-	// Targets are the instances to check, each with its probe URL.
-	Targets []Target
-	// Interval is the time between rounds of checks.
+// firstProbeSpread bounds the random delay of an instance's first probe,
+// so that a config with many instances does not probe them all at once,
+// nor wait long for a first verdict.
+const firstProbeSpread = 2 * time.Second
+
+// Spec is how an app checks its instances.
+type Spec struct {
+	// Interval is the time between two checks of an instance; each is
+	// jittered by up to a tenth of it either way.
 	Interval time.Duration
-	// Timeout bounds each probe, from dial to the end of the headers.
+	// Timeout bounds each probe, from dial to the end of the body read.
 	Timeout time.Duration
-	// Client sends the probes. It must not follow redirects: see NewClient.
-	Client *http.Client
-	// Logger gets one line for each change of an instance's health.
-	Logger *zap.Logger
-	// OnChange, if set, is called after each change of an instance's
-	// health is logged, from the probe's goroutine, with the new health
-	// and the reason as logged. It is not called once ctx has ended.
-	OnChange func(ctx context.Context, in *backend.Instance, healthy bool, reason string)
+	// Method of the probes; "" means GET.
+	Method string
+	// Headers sent with each probe; a "Host" value sets the Host header.
+	Headers http.Header
+	// Port the probes go to, 0 for the instance's.
+	Port int
+	// Status holds the statuses of a passing check.
+	Status backend.StatusSet
+	// Body, if set, must match the first 64 KiB of the response body.
+	Body *regexp.Regexp
+	// Passes and Fails are the consecutive checks that bring an instance
+	// back or take it out.
+	Passes, Fails int
 }
 
-// Target is an instance and the URL its health is read from.
-type Target struct {
-	Instance *backend.Instance
-	URL      string
+// Monitor checks one instance on its own schedule, for as long as it is
+// in use. An instance shared across config reloads has exactly one
+// Monitor, whatever the number of configs using it: the config that runs
+// sets the Spec with Run.
+type Monitor struct {
+	instance *backend.Instance
+	url      string // the probe's URL
+	client   *http.Client
+
+	spec atomic.Pointer[Spec]
+
+	ctx    context.Context // ends with Stop, cutting a probe short
+	cancel context.CancelFunc
+	probes sync.WaitGroup
+
+	mu      sync.Mutex // guards timer, started, stopped
+	timer   *time.Timer
+	started bool
+	stopped bool
+}
+
+// NewMonitor returns a stopped monitor of in that probes target (the
+// health URI on the instance) through rt. rt should keep its own
+// connections, apart from proxied traffic's; Stop closes its idle ones.
+func NewMonitor(in *backend.Instance, target string, rt http.RoundTripper) *Monitor {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Monitor{instance: in, url: target, client: NewClient(rt), ctx: ctx, cancel: cancel}
+}
+
+// active counts the monitors that have started and not stopped.
+var active atomic.Int64
+
+// Active returns the number of monitors probing now, in the process: one
+// per instance state with active health checks in a running config.
+func Active() int { return int(active.Load()) }
+
+// Run makes spec the monitor's Spec and, the first time, starts probing:
+// the first probe comes after a random delay of up to the interval (at
+// most two seconds), each next one an interval (±10%) after the one
+// before. A probe still running when the next is due is not stacked with
+// another (see backend.Instance.TryStartCheck); that round is skipped.
+func (m *Monitor) Run(spec *Spec) {
+	m.spec.Store(spec)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started || m.stopped {
+		return
+	}
+	m.started = true
+	active.Add(1)
+	spread := min(spec.Interval, firstProbeSpread)
+	m.timer = time.AfterFunc(rand.N(spread+1), m.round)
+}
+
+// Stop stops probing, cuts a probe under way short, and returns once it
+// has ended. The monitor cannot be restarted.
+func (m *Monitor) Stop() {
+	m.mu.Lock()
+	if m.started && !m.stopped {
+		active.Add(-1)
+	}
+	m.stopped = true
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	m.mu.Unlock()
+	m.cancel()
+	m.probes.Wait()
+	m.client.CloseIdleConnections()
+}
+
+// round is one scheduled check: it arms the next one, then probes.
+func (m *Monitor) round() {
+	spec := m.spec.Load()
+	m.mu.Lock()
+	if m.stopped {
+		m.mu.Unlock()
+		return
+	}
+	m.probes.Add(1)
+	m.timer.Reset(jitter(spec.Interval))
+	m.mu.Unlock()
+	defer m.probes.Done()
+
+	in := m.instance
+	if !in.TryStartCheck() {
+		return
+	}
+	start := time.Now()
+	err := Probe(m.ctx, m.client, m.url, spec)
+	took := time.Since(start)
+	if m.ctx.Err() != nil {
+		// Stopped: the probe was cut short by us, so it says nothing
+		// about the instance.
+		in.AbandonCheck()
+		return
+	}
+	in.ObserveCheck(took)
+	in.FinishCheck(backend.Now(), err, spec.Passes, spec.Fails)
+}
+
+// jitter returns d ± 10%, at random.
+func jitter(d time.Duration) time.Duration {
+	spread := d / 5
+	return d - spread/2 + rand.N(spread+1)
 }
 
 // NewClient returns a client for probes on the given transport. It never
 // follows a redirect, so a probe cannot be sent to another host: a 3xx
-// answer is simply not healthy.
+// answer is simply not healthy (unless the Spec's statuses say it is).
 func NewClient(rt http.RoundTripper) *http.Client {
 	return &http.Client{
 		Transport: rt,
@@ -60,93 +169,68 @@ func NewClient(rt http.RoundTripper) *http.Client {
 	}
 }
 
-// Run checks every target at once, then again every Interval, until ctx
-// ends. It returns only when no probe it started is still running.
-//
-// Each probe runs in its own goroutine, so one slow instance does not delay
-// the others; a probe still running when the next round comes is not
-// stacked with another (see backend.Instance.TryStartCheck), the round just
-// skips that instance.
-func (c *Checker) Run(ctx context.Context) {
-	var probes sync.WaitGroup
-	defer probes.Wait()
-
-	ticker := time.NewTicker(c.Interval)
-	defer ticker.Stop()
-	for {
-		for _, t := range c.Targets {
-			if !t.Instance.TryStartCheck() {
-				continue
-			}
-			probes.Go(func() { c.check(ctx, t) })
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
-		}
-	}
-}
-
-// check probes one target whose check the caller has started, and records
-// and logs the outcome.
-func (c *Checker) check(ctx context.Context, t Target) {
-	start := time.Now()
-	err := Probe(ctx, c.Client, t.URL, c.Timeout)
-	took := time.Since(start)
-	if ctx.Err() != nil {
-		// The config is being unloaded: the probe was cut short by us, so
-		// it says nothing about the instance.
-		t.Instance.AbandonCheck()
-		return
-	}
-	t.Instance.ObserveCheck(took)
-	if !t.Instance.FinishCheck(time.Now(), err) {
-		return
-	}
-	reason := "health check passed"
-	if err != nil {
-		reason = err.Error()
-		c.Logger.Warn("instance unhealthy",
-			zap.String("app", c.App),
-			zap.String("instance", t.Instance.String()),
-			zap.String("reason", reason))
-	} else {
-		c.Logger.Info("instance healthy",
-			zap.String("app", c.App),
-			zap.String("instance", t.Instance.String()),
-			zap.String("reason", reason))
-	}
-	if c.OnChange != nil && ctx.Err() == nil {
-		c.OnChange(ctx, t.Instance, err == nil, reason)
-	}
-}
-
-// Probe sends one GET to target and returns nil if the answer is 2xx
-// within timeout. The error otherwise says why, without the URL (callers
-// know it, and it may carry credentials).
-func Probe(ctx context.Context, client *http.Client, target string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// Probe sends one check to target as spec says, and returns nil if the
+// answer has one of spec's statuses (2xx if it has none) and a body
+// matching spec's, within spec's timeout. The error otherwise says why,
+// without the URL (callers know it, and it may carry credentials).
+func Probe(ctx context.Context, client *http.Client, target string, spec *Spec) error {
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	method := spec.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
 		return err
+	}
+	for name, values := range spec.Headers {
+		if http.CanonicalHeaderKey(name) == "Host" {
+			if len(values) > 0 {
+				req.Host = values[0]
+			}
+			continue
+		}
+		req.Header[http.CanonicalHeaderKey(name)] = values
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("no answer within %v", timeout)
-		}
-		return err
+		return probeError(err, spec.Timeout)
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBodyRead))
-	_ = resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	defer resp.Body.Close()
+	var body []byte
+	if spec.Body != nil {
+		body, err = io.ReadAll(io.LimitReader(resp.Body, maxBodyRead))
+	} else {
+		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBodyRead))
+	}
+	if !statusOK(spec, resp.StatusCode) {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", probeError(err, spec.Timeout))
+	}
+	if spec.Body != nil && !spec.Body.Match(body) {
+		return fmt.Errorf("body does not match %q", spec.Body.String())
+	}
 	return nil
+}
+
+func statusOK(spec *Spec, code int) bool {
+	if spec.Status.Empty() {
+		return code >= 200 && code <= 299
+	}
+	return spec.Status.Has(code)
+}
+
+// probeError makes a probe's transport error short: no URL, and a
+// timeout said as such.
+func probeError(err error, timeout time.Duration) error {
+	if uerr, ok := errors.AsType[*url.Error](err); ok {
+		err = uerr.Err
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer within %v", timeout)
+	}
+	return err
 }

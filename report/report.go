@@ -40,20 +40,46 @@ type Report struct {
 
 // App is one app of a load balancer.
 type App struct {
-	Host      string     `json:"host"`
-	Strategy  string     `json:"strategy"`
+	Host     string `json:"host"`
+	Strategy string `json:"strategy"`
+	// Panic says too few of the app's instances are available, so that
+	// it balances over all of them (see the app's panic_threshold).
+	Panic     bool       `json:"panic,omitempty"`
 	Instances []Instance `json:"instances"`
 }
 
 // Instance is one backend instance of an app.
 type Instance struct {
-	URL               string     `json:"url"`
-	Healthy           bool       `json:"healthy"`
+	URL string `json:"url"`
+	// State is one of healthy, starting (healthy, ramping up in slow
+	// start), unhealthy (failing active health checks), ejected (by
+	// passive health checks) and draining (no new requests, by the
+	// operator).
+	State string `json:"state,omitempty"`
+	// Reason says why the instance entered its state, and Since when.
+	Reason string     `json:"reason,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
+	// Healthy: it passes its active health checks and is not ejected.
+	Healthy bool `json:"healthy"`
+	// ActiveConnections is the number of requests in flight to it.
 	ActiveConnections int64      `json:"active_connections"`
 	TotalRequests     uint64     `json:"total_requests"`
 	Failures          uint64     `json:"failures"`
 	LastChecked       *time.Time `json:"last_checked"`
 	LastError         string     `json:"last_error"`
+
+	// ConsecutivePasses and ConsecutiveFails are the current streak of
+	// passing or failing health checks; ConsecutiveFailures that of real
+	// requests that failed (passive checks).
+	ConsecutivePasses   int `json:"consecutive_passes"`
+	ConsecutiveFails    int `json:"consecutive_fails"`
+	ConsecutiveFailures int `json:"consecutive_failures"`
+	// EjectedUntil is when the current ejection ends; absent if none.
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+	// Weight is the configured weight; EffectiveWeight the one traffic
+	// is balanced by now (lower while the instance ramps up).
+	Weight          int     `json:"weight"`
+	EffectiveWeight float64 `json:"effective_weight"`
 
 	// RequestRate is the number of requests per second sent to the
 	// instance over the last minute. It and the three fields below are
@@ -126,10 +152,20 @@ func RunningConfig() <-chan struct{} {
 	return nil
 }
 
-// Current returns the report of the running config. While a reload is under
-// way, the registry also holds the load balancers of the config being loaded
-// or unloaded; only those of the config Caddy is running are shown.
+// Current returns the report of the running config.
 func Current() Report {
+	rep := Report{Apps: []App{}}
+	for _, src := range Running() {
+		rep.Apps = append(rep.Apps, src.ReportApps()...)
+	}
+	return rep
+}
+
+// Running returns the load balancers of the running config, in report
+// order. While a reload is under way, the registry also holds those of the
+// config being loaded or unloaded; only those of the config Caddy is
+// running are returned.
+func Running() []Source {
 	running := RunningConfig()
 	mu.Lock()
 	live := make([]*entry, 0, len(entries))
@@ -145,12 +181,11 @@ func Current() Report {
 		}
 		return cmp.Compare(a.seq, b.seq)
 	})
-
-	rep := Report{Apps: []App{}}
-	for _, e := range live {
-		rep.Apps = append(rep.Apps, e.src.ReportApps()...)
+	srcs := make([]Source, len(live))
+	for i, e := range live {
+		srcs[i] = e.src
 	}
-	return rep
+	return srcs
 }
 
 // compareNatural compares strings with runs of digits compared as numbers,
@@ -204,10 +239,11 @@ func (Admin) CaddyModule() caddy.ModuleInfo {
 
 // Routes returns the admin routes of the module.
 func (Admin) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{
-		Pattern: Path,
-		Handler: caddy.AdminHandlerFunc(serveReport),
-	}}
+	return []caddy.AdminRoute{
+		{Pattern: Path, Handler: caddy.AdminHandlerFunc(serveReport)},
+		{Pattern: DrainPath, Handler: serveDrain(true)},
+		{Pattern: UndrainPath, Handler: serveDrain(false)},
+	}
 }
 
 func serveReport(w http.ResponseWriter, r *http.Request) error {

@@ -164,7 +164,7 @@ func newHashList(list []*backend.Instance) hashList {
 	if !hl.sampler.uniform {
 		hl.weights = make([]float64, len(list))
 		for i, in := range list {
-			hl.weights[i] = float64(in.Weight())
+			hl.weights[i] = float64(in.SelectionWeight())
 		}
 	}
 	return hl

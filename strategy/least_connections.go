@@ -41,9 +41,9 @@ func (s *LeastConnections) Select(pool *backend.Pool, _ *http.Request) *backend.
 		return nil
 	}
 	best := list[0]
-	bestLoad, bestWeight, bestStamp := best.InFlight(), int64(best.Weight()), best.PickStamp()
+	bestLoad, bestWeight, bestStamp := best.InFlight(), int64(best.SelectionWeight()), best.PickStamp()
 	for _, in := range list[1:] {
-		load, weight := in.InFlight(), int64(in.Weight())
+		load, weight := in.InFlight(), int64(in.SelectionWeight())
 		if lessLoaded(bestLoad, bestWeight, load, weight) {
 			continue
 		}
@@ -62,7 +62,7 @@ func (s *LeastConnections) Select(pool *backend.Pool, _ *http.Request) *backend.
 func totalWeight(list []*backend.Instance) uint64 {
 	var sum uint64
 	for _, in := range list {
-		sum += uint64(in.Weight())
+		sum += uint64(in.SelectionWeight())
 	}
 	return sum
 }

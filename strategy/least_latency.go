@@ -97,7 +97,7 @@ func (s *LeastLatency) cost(list []*backend.Instance, in *backend.Instance, now 
 			lat = m
 		}
 	}
-	return lat * float64(in.InFlight()+1) / float64(in.Weight())
+	return lat * float64(in.InFlight()+1) / float64(in.SelectionWeight())
 }
 
 // median caches the median latency estimate of a pool.

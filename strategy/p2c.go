@@ -38,7 +38,7 @@ func (s *P2C) Select(pool *backend.Pool, _ *http.Request) *backend.Instance {
 	}
 	i, j := s.samplers.get(list, newSampler).pair(&s.rng)
 	a, b := list[i], list[j]
-	if lessLoaded(b.InFlight(), int64(b.Weight()), a.InFlight(), int64(a.Weight())) {
+	if lessLoaded(b.InFlight(), int64(b.SelectionWeight()), a.InFlight(), int64(a.SelectionWeight())) {
 		return b
 	}
 	return a

@@ -110,11 +110,11 @@ func (f fastmod) mod(c, d uint64) uint64 {
 func newSchedule(list []*backend.Instance) schedule {
 	var g uint64
 	for _, in := range list {
-		g = gcd(g, uint64(in.Weight()))
+		g = gcd(g, uint64(in.SelectionWeight()))
 	}
 	var total uint64
 	for _, in := range list {
-		total += uint64(in.Weight()) / g
+		total += uint64(in.SelectionWeight()) / g
 	}
 	if total == uint64(len(list)) {
 		// All weights equal: plain round robin.
@@ -130,7 +130,7 @@ func newSchedule(list []*backend.Instance) schedule {
 	}
 	var groups []group
 	for i, in := range list {
-		w := int64(uint64(in.Weight()) / g)
+		w := int64(uint64(in.SelectionWeight()) / g)
 		k, found := slices.BinarySearchFunc(groups, w, func(gr group, w int64) int { return cmp.Compare(gr.weight, w) })
 		if !found {
 			groups = slices.Insert(groups, k, group{weight: w})
@@ -165,7 +165,7 @@ func newSchedule(list []*backend.Instance) schedule {
 	sc := schedule{cum: make([]uint64, len(list)), total: total}
 	var sum uint64
 	for i, in := range list {
-		sum += uint64(in.Weight()) / g
+		sum += uint64(in.SelectionWeight()) / g
 		sc.cum[i] = sum
 	}
 	// A stride of about total/φ, coprime with total, visits every position

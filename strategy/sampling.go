@@ -97,7 +97,7 @@ func newSampler(list []*backend.Instance) sampler {
 	n := len(list)
 	s := sampler{n: n, uniform: true}
 	for _, in := range list[1:] {
-		if in.Weight() != list[0].Weight() {
+		if in.SelectionWeight() != list[0].SelectionWeight() {
 			s.uniform = false
 			break
 		}
@@ -110,8 +110,8 @@ func newSampler(list []*backend.Instance) sampler {
 	var total uint64
 	scaled := make([]uint64, n)
 	for i, in := range list {
-		scaled[i] = uint64(in.Weight()) * uint64(n)
-		total += uint64(in.Weight())
+		scaled[i] = uint64(in.SelectionWeight()) * uint64(n)
+		total += uint64(in.SelectionWeight())
 	}
 	s.keep = make([]uint64, n)
 	s.alias = make([]uint32, n)

@@ -214,6 +214,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if rb != nil && rb.isDetached() {
 				rb.closeOwned(req)
 			}
+			if ae.nothingWritten && !ae.final {
+				return nil, &notSentError{ae.err}
+			}
 			return nil, ae.err
 		}
 		// Replay on a fresh connection: the idle one was stale.
@@ -325,6 +328,22 @@ func (t *Transport) CloseIdleConnections() {
 		ci.CloseIdleConnections()
 	}
 }
+
+// NotSent reports whether err, from RoundTrip, says that the connection
+// failed before any byte of the request was written to it: the backend
+// cannot have seen the request, so it may be sent elsewhere whatever its
+// method (its body, if any, was not read). Dial errors are not reported
+// here; they are *net.OpError with Op "dial".
+func NotSent(err error) bool {
+	_, ok := errors.AsType[*notSentError](err)
+	return ok
+}
+
+// notSentError is an error after which nothing of the request was sent.
+type notSentError struct{ err error }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
 
 // attemptError is a failed exchange on one connection, with what RoundTrip
 // needs to decide whether to replay the request on a fresh connection.

@@ -1,0 +1,99 @@
+package health
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/golb/caddy-lb/backend"
+)
+
+// TestRoundSkipsWhileCheckRuns runs rounds by hand, with no schedule: a
+// round due while the previous one's probe is blocked returns at once,
+// sending nothing; the next round after the probe ended probes again.
+func TestRoundSkipsWhileCheckRuns(t *testing.T) {
+	var hits atomic.Int64
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			arrived <- struct{}{}
+			<-release
+		}
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := backend.New(u)
+	m := NewMonitor(in, srv.URL+"/health", &http.Transport{})
+	// A schedule that never fires: round only arms it again.
+	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour, Passes: 1, Fails: 1})
+	m.timer = time.AfterFunc(time.Hour, func() {})
+	t.Cleanup(m.Stop)
+
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		m.round()
+	}()
+	<-arrived
+	for i := range 3 {
+		m.round() // returns with the first probe still blocked
+		if n := hits.Load(); n != 1 {
+			t.Fatalf("round %d while a probe runs: %d probes sent, want 1", i, n)
+		}
+	}
+	close(release)
+	<-first
+	if got := in.Metrics().ChecksPassed; got != 1 {
+		t.Errorf("%d checks recorded, want the 1 that ran", got)
+	}
+	m.round()
+	if n := hits.Load(); n != 2 {
+		t.Errorf("a round after the probe ended sent %d probes in all, want 2", n)
+	}
+	if got := in.Metrics().ChecksPassed; got != 2 {
+		t.Errorf("%d checks recorded, want 2", got)
+	}
+}
+
+// TestRoundAfterStop: a round whose timer fired as Stop ran does nothing.
+func TestRoundAfterStop(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	m := NewMonitor(backend.New(u), srv.URL, &http.Transport{})
+	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour})
+	m.timer = time.AfterFunc(time.Hour, func() {})
+	m.Stop()
+	m.round()
+	if n := hits.Load(); n != 0 {
+		t.Errorf("a round after Stop sent %d probes", n)
+	}
+}
+
+func TestJitter(t *testing.T) {
+	if got := jitter(0); got != 0 {
+		t.Errorf("jitter(0) = %v", got)
+	}
+	for _, d := range []time.Duration{time.Millisecond, time.Second, time.Hour} {
+		lo, hi := d-d/10, d+d/10
+		seen := map[time.Duration]bool{}
+		for range 1000 {
+			got := jitter(d)
+			if got < lo || got > hi {
+				t.Fatalf("jitter(%v) = %v, want within [%v, %v]", d, got, lo, hi)
+			}
+			seen[got] = true
+		}
+		if len(seen) < 2 {
+			t.Errorf("jitter(%v) always %v", d, jitter(d))
+		}
+	}
+}

@@ -1,0 +1,186 @@
+package caddylb
+
+import (
+	"encoding/json"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/health"
+	"github.com/golb/caddy-lb/report"
+)
+
+// instanceStates holds the live state of every instance of every loaded
+// config, keyed by app host, instance URL and health check settings, so
+// that a reload that keeps an instance keeps its state: its health and
+// streaks, ejection, drain, requests in flight and totals, and its one
+// health check schedule. Two apps with the same backend keep apart
+// (different hosts), and so do two checks of it that mean different
+// things (different health settings).
+var instanceStates = caddy.NewUsagePool()
+
+// sharedInstance is an instance's live state, and its health monitor if
+// its app checks it actively. Both outlive the configs that use them but
+// the last one.
+type sharedInstance struct {
+	in      *backend.Instance
+	monitor *health.Monitor
+
+	mu        sync.Mutex
+	reporters []reporter // of the configs using the instance, oldest first
+}
+
+// reporter is how a config logs and emits the changes of an instance's
+// state.
+type reporter struct {
+	config <-chan struct{} // the config's Done channel
+	report func(backend.Change)
+}
+
+// report hands c to the config in charge: the running one if it uses the
+// instance, or else the newest still loaded (the instance is new, and its
+// config is about to run). A change may come at any time, from a request
+// of a config being unloaded as well as from a health check.
+func (s *sharedInstance) report(c backend.Change) {
+	running := report.RunningConfig()
+	s.mu.Lock()
+	var f func(backend.Change)
+	for i := len(s.reporters) - 1; i >= 0; i-- {
+		r := s.reporters[i]
+		if r.config == running {
+			f = r.report
+			break
+		}
+		if f == nil && !isDone(r.config) {
+			f = r.report
+		}
+	}
+	s.mu.Unlock()
+	if f != nil {
+		f(c)
+	}
+}
+
+func (s *sharedInstance) addReporter(config <-chan struct{}, f func(backend.Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reporters = append(s.reporters, reporter{config, f})
+}
+
+func (s *sharedInstance) removeReporter(config <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reporters = slices.DeleteFunc(s.reporters, func(r reporter) bool { return r.config == config })
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Destruct stops the instance's health checks and timers: no config uses
+// it any more.
+func (s *sharedInstance) Destruct() error {
+	if s.monitor != nil {
+		s.monitor.Stop()
+	}
+	s.in.Close()
+	return nil
+}
+
+// attach takes the app's instances from instanceStates, making those new
+// to it, and builds what proxying to them takes. Every key taken is
+// released by release, also when Provision fails later.
+// The changes of state of its instances are reported with onChange while
+// this config is in charge of them (see sharedInstance.report); config is
+// its Done channel.
+func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
+	a.transport = newTransport(a.timeout)
+	errorLog := zap.NewStdLog(logger.With(zap.String("app", a.name)))
+	a.targets = make(map[*backend.Instance]*target, len(a.urls))
+	instances := make([]*backend.Instance, 0, len(a.urls))
+	for i, u := range a.urls {
+		key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
+		v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
+			s := &sharedInstance{in: backend.NewWithPolicy(u, a.weights[i], &a.res.passive, backend.Now())}
+			s.in.SetOnChange(s.report)
+			if a.probes != nil {
+				s.monitor = health.NewMonitor(s.in, a.probes[i], newProbeTransport())
+			}
+			return s, nil
+		})
+		a.keys = append(a.keys, key)
+		s := v.(*sharedInstance)
+		s.addReporter(config, onChange)
+		a.shared = append(a.shared, s)
+		instances = append(instances, s.in)
+		a.targets[s.in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, s.in)}
+	}
+	a.pool = backend.NewPool(instances...)
+	a.pool.SetPanicThreshold(a.res.panic)
+	a.budget.percent = a.res.budget
+	if a.StickyCookie != "" {
+		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
+		for value, in := range a.sticky.instances {
+			t := a.targets[in]
+			t.cookie, t.secureCookie = a.sticky.setCookie(value)
+		}
+	}
+}
+
+// release gives back the instances attach took; config is the Done channel
+// of the app's config.
+func (a *App) release(config <-chan struct{}) {
+	for _, s := range a.shared {
+		s.removeReporter(config)
+	}
+	for _, key := range a.keys {
+		_, _ = instanceStates.Delete(key)
+	}
+	a.shared, a.keys = nil, nil
+}
+
+// probeURL returns the URL health checks of the instance at u go to: the
+// health URI joined to its base path, on port if not 0.
+func probeURL(u, healthURI *url.URL, port int) string {
+	probe := *u
+	probe.Path = joinPath(u.Path, healthURI.Path)
+	probe.RawPath = joinPath(u.EscapedPath(), healthURI.EscapedPath())
+	probe.RawQuery = healthURI.RawQuery
+	if port != 0 {
+		probe.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
+	}
+	return probe.String()
+}
+
+// healthSettingsKey returns the part of the app's instance state keys
+// that says what its health checks mean: an instance checked differently
+// is another state. Intervals, timeouts and streaks only say how often and
+// how surely, and follow the running config instead.
+func (a *App) healthSettingsKey() string {
+	if a.HealthURI == "" {
+		return ""
+	}
+	b, _ := json.Marshal(struct {
+		URI, Method, Body string
+		Port              int
+		Headers           map[string][]string
+		Status            []string
+	}{a.HealthURI, a.res.health.Method, a.HealthBody, a.HealthPort, a.res.health.Headers, a.HealthStatus})
+	return string(b)
+}
+
+// probeTimeout is the transport's own bound on probes; each probe's
+// context has the app's timeout, which a reload may change.
+const probeTimeout = time.Hour
