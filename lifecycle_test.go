@@ -256,7 +256,8 @@ http://:{port} {
 // (a plain `respond` site loses as many), before any handler runs; the
 // net.ipv4.tcp_migrate_req sysctl removes the resets.
 func TestReloadsUnderLoad(t *testing.T) {
-	b1, b2 := newBackend(t, "b1"), newBackend(t, "b2")
+	b1, b2, down := newBackend(t, "b1"), newBackend(t, "b2"), newBackend(t, "down")
+	down.health.Store(503)
 	s := newSite(t)
 	cfg := func(i int) string {
 		strategy := []string{"round_robin", "least_connections"}[i%2]
@@ -267,13 +268,16 @@ http://:{port} {
 			strategy %s
 			health_uri /health
 			health_check_cooldown %dms
-			instances %s %s
+			instances %s %s %s
 		}
 	}
-}`, strategy, 50+i, b1.URL, b2.URL)
+}`, strategy, 50+i, b1.URL, b2.URL, down.URL)
 	}
 	s.load(cfg(0))
-	waitFor(t, "the health checks to start", func() bool { return health.Active() == 2 })
+	waitFor(t, "the down backend found unhealthy", func() bool {
+		return instanceOf(t, fetchReport(t), "x.test", down.URL).State == "unhealthy"
+	})
+	downBefore := down.requests.Load()
 	s.get("x.test", "/")
 	client.CloseIdleConnections()
 	baseAll := goroutinesSettled()
@@ -322,10 +326,32 @@ http://:{port} {
 	if ok == 0 {
 		t.Fatal("no request succeeded")
 	}
-	// One health monitor per instance, however many reloads: the
-	// instances' states were kept, not rebuilt.
-	if got := checkers(); got != "2 monitors, 2 instance states" {
-		t.Errorf("after 20 reloads: %s, want 2 of each", got)
+	// The instances' states were kept, not rebuilt: one health monitor
+	// each, however many reloads; the down backend stayed out; every
+	// request that reached an instance is in its counts.
+	if got := checkers(); got != "3 monitors, 3 instance states" {
+		t.Errorf("after 20 reloads: %s, want 3 of each", got)
+	}
+	if n := down.requests.Load() - downBefore; n != 0 {
+		t.Errorf("the unhealthy backend got %d requests across 20 reloads", n)
+	}
+	rep := fetchReport(t)
+	counted := instanceOf(t, rep, "x.test", b1.URL).TotalRequests + instanceOf(t, rep, "x.test", b2.URL).TotalRequests
+	if served := uint64(b1.requests.Load() + b2.requests.Load()); counted != served {
+		t.Errorf("the report counts %d requests, the backends served %d", counted, served)
+	}
+	// The last config that uses an instance takes its state and health
+	// checks with it.
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app x.test {
+			instances %s
+		}
+	}
+}`, b1.URL))
+	if got := checkers(); got != "0 monitors, 1 instance states" {
+		t.Errorf("after a config without health checks: %s, want 0 monitors, 1 state", got)
 	}
 	// Nothing else may be left behind either: backend connections of
 	// unloaded configs are closed, including those given back by requests

@@ -183,8 +183,8 @@ type App struct {
 	// active health check ends an ejection early. Default: 10s.
 	FailDuration *Duration `json:"fail_duration,omitempty"`
 
-	// The longest an ejection lasts. Default: 5m (or fail_duration, if
-	// longer).
+	// The longest an ejection lasts; not shorter than fail_duration.
+	// Default: 5m (or fail_duration, if longer).
 	MaxFailDuration *Duration `json:"max_fail_duration,omitempty"`
 
 	// The largest share of the app's instances, in percent, that passive

@@ -635,3 +635,44 @@ http://:{port} {
 		t.Errorf("after the ramp: %d of 50 round-robin requests, want 25", after)
 	}
 }
+
+// TestSameBackendTwoApps: two apps with the same backend and different
+// health URIs keep separate health.
+func TestSameBackendTwoApps(t *testing.T) {
+	b := newBackend(t, "b")
+	b.handle(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/broken" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "b")
+	})
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app one.test {
+			health_uri /health
+			health_check_cooldown 20ms
+			instances %[1]s
+		}
+		app two.test {
+			health_uri /broken
+			health_check_cooldown 20ms
+			instances %[1]s
+		}
+	}
+}`, b.URL))
+	waitFor(t, "two.test's instance unhealthy", func() bool {
+		return instanceOf(t, fetchReport(t), "two.test", b.URL).State == "unhealthy"
+	})
+	if in := instanceOf(t, fetchReport(t), "one.test", b.URL); in.State != "healthy" || in.LastChecked == nil {
+		t.Errorf("one.test's instance: %q, checked %v; want healthy, checked", in.State, in.LastChecked)
+	}
+	if status, body := s.get("one.test", "/"); status != 200 || body != "b" {
+		t.Errorf("one.test: %d %q", status, body)
+	}
+	if status, _ := s.get("two.test", "/"); status != http.StatusServiceUnavailable {
+		t.Errorf("two.test: %d, want 503", status)
+	}
+}
