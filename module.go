@@ -2,10 +2,13 @@
 // request by its Host to an app, a pool of backend instances, picks a
 // healthy instance with the app's strategy and proxies the request to it.
 //
-// Instances are checked actively (a GET on a health URI, on an interval),
-// their state is shown on Caddy's admin endpoint at
-// GET /api/v1/loadBalancers/report, and every config error names the app and
-// the field at fault.
+// Instances are checked actively (a request for a health URI, on an
+// interval) and passively (failures of real requests eject them for a
+// while); a request an instance failed is retried on another when that is
+// safe. An instance's state lives across config reloads that keep it (see
+// shared.go). It is shown on Caddy's admin endpoint at
+// GET /api/v1/loadBalancers/report, where instances can be drained, and
+// every config error names the app and the field at fault.
 package caddylb
 
 import (
@@ -55,14 +58,14 @@ type Handler struct {
 	// No two apps may have the same host.
 	Apps []*App `json:"apps,omitempty"`
 
-	router     router
-	logger     *zap.Logger
-	ctx        caddy.Context
-	events     *caddyevents.App
-	stopHealth context.CancelFunc
-	adopting   sync.WaitGroup
-	unregister func()
-	unmetrics  func()
+	router       router
+	logger       *zap.Logger
+	ctx          caddy.Context
+	events       *caddyevents.App
+	stopAdopting context.CancelFunc // stops waiting for the config to run
+	adopting     sync.WaitGroup     // the goroutine that waits
+	unregister   func()
+	unmetrics    func()
 }
 
 // App is a pool of backend instances serving one host.
@@ -324,7 +327,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// sites of this very config: health checks sent before it runs would
 	// find them not yet listening.
 	actx, cancel := context.WithCancel(ctx)
-	h.stopHealth = cancel
+	h.stopAdopting = cancel
 	h.adopting.Go(func() {
 		if awaitRunning(actx, ctx.Done()) {
 			h.adopt()
@@ -396,8 +399,8 @@ func (h *Handler) Cleanup() error {
 	if h.unmetrics != nil {
 		h.unmetrics()
 	}
-	if h.stopHealth != nil {
-		h.stopHealth()
+	if h.stopAdopting != nil {
+		h.stopAdopting()
 	}
 	h.adopting.Wait()
 	for _, app := range h.Apps {

@@ -663,11 +663,13 @@ http://:{port} {
 		}
 	}
 }`, b.URL))
-	waitFor(t, "two.test's instance unhealthy", func() bool {
-		return instanceOf(t, fetchReport(t), "two.test", b.URL).State == "unhealthy"
+	waitFor(t, "both checked, two.test's instance unhealthy", func() bool {
+		rep := fetchReport(t)
+		return instanceOf(t, rep, "two.test", b.URL).State == "unhealthy" &&
+			instanceOf(t, rep, "one.test", b.URL).ConsecutivePasses >= 2
 	})
-	if in := instanceOf(t, fetchReport(t), "one.test", b.URL); in.State != "healthy" || in.LastChecked == nil {
-		t.Errorf("one.test's instance: %q, checked %v; want healthy, checked", in.State, in.LastChecked)
+	if in := instanceOf(t, fetchReport(t), "one.test", b.URL); in.State != "healthy" {
+		t.Errorf("one.test's instance: %q (%s), want healthy", in.State, in.Reason)
 	}
 	if status, body := s.get("one.test", "/"); status != 200 || body != "b" {
 		t.Errorf("one.test: %d %q", status, body)

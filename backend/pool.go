@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 )
 
-// epoch counts health changes of every instance in the process. A Pool
+// epoch counts the changes of state of every instance in the process. A Pool
 // compares it with the epoch of its cached list of available instances, so
 // the request path pays one atomic load to know the list is current.
 var epoch atomic.Uint64
