@@ -49,6 +49,13 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 			return caddyhttp.Error(http.StatusServiceUnavailable,
 				fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
 		}
+		if n > 0 {
+			// A retry: it counts for the instance that failed the attempt.
+			tried[n-1].RecordRetry()
+			if repl != nil {
+				repl.Set("http.load_balancer.retries", n)
+			}
+		}
 		t := a.targets[in]
 		if repl != nil {
 			repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
@@ -79,11 +86,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if !a.budget.allowRetry(now) {
 			return failed
 		}
-		in.RecordRetry()
 		tried[n] = in
-		if repl != nil {
-			repl.Set("http.load_balancer.retries", n+1)
-		}
 	}
 }
 
