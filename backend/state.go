@@ -361,7 +361,8 @@ func (in *Instance) ejectLocked(now int64, p *Policy, reason string) Change {
 	in.st.ejectedUntil = now + int64(d)
 	in.st.reason, in.st.changedAt = reason, now
 	in.consec.Store(0)
-	in.flags.Store(in.flags.Load()&^flagTrial | flagEjected)
+	in.flags.Or(flagEjected) // atomically: Admit changes flags without the mutex
+	in.flags.And(^flagTrial)
 	in.stopRampLocked()
 	in.stats.ejections.Add(1)
 	epoch.Add(1)
