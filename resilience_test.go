@@ -678,3 +678,47 @@ http://:{port} {
 		t.Errorf("two.test: %d, want 503", status)
 	}
 }
+
+// TestNoRetryOnceAnswered: a response that has begun is never retried,
+// even if the instance fails it midway (a GET, retried had it failed
+// before): the client's response is cut short, and no other instance gets
+// the request.
+func TestNoRetryOnceAnswered(t *testing.T) {
+	other := newBackend(t, "other")
+	broken := newBackend(t, "broken")
+	broken.handle(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, "partial")
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	})
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app began.test {
+			strategy first
+			instances %s %s
+		}
+	}
+}`, broken.URL, other.URL))
+	req, _ := http.NewRequest(http.MethodGet, s.url("/"), nil)
+	req.Host = "began.test"
+	// The status line may not have left Caddy's buffer before the abort:
+	// the client sees a response cut short or a connection closed.
+	resp, err := client.Do(req)
+	if err == nil {
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil {
+			t.Errorf("got %d %q in full, want it cut short", resp.StatusCode, body)
+		}
+	}
+	if n := broken.requests.Load(); n != 1 {
+		t.Errorf("the broken instance got %d requests, want 1", n)
+	}
+	if n := other.requests.Load(); n != 0 {
+		t.Errorf("the other instance got %d requests, want none", n)
+	}
+}
