@@ -150,8 +150,8 @@ type App struct {
 	HealthStatus []string `json:"health_status,omitempty"`
 
 	// A regular expression (Go syntax) the body of a passing health check
-	// must match. At most the first 64 KiB of the body are read. Default:
-	// any body.
+	// must match. At most the first 64 KiB of the body are read. Not with
+	// health_method HEAD. Default: any body.
 	HealthBody string `json:"health_body,omitempty"`
 
 	// How many consecutive passing health checks bring an unhealthy
