@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -403,43 +402,21 @@ func (p *caddyfileParser) finish() error {
 	return nil
 }
 
-// checkOptions refuses options that do not go with the app's strategy or
-// with each other, at the line of the option at fault.
+// checkOptions refuses what Provision would refuse of the app as a whole
+// (options that do not go with its strategy or with each other, the same
+// instance twice), at the line of the option at fault, or else of the app.
 func (p *caddyfileParser) checkOptions(a *appParser) error {
-	name := a.app.Strategy
-	if name == "" {
-		name = strategy.Default
+	err := checkApp(a.app)
+	if err == nil {
+		return nil
 	}
-	opts := strategy.Options{HashKey: a.app.HashKey}
-	if a.app.LatencyDecay != nil {
-		opts.LatencyDecay = time.Duration(*a.app.LatencyDecay)
-	}
-	if _, err := strategy.NewWithOptions(name, opts); err != nil {
-		tok := a.tok
-		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
-			if t, seen := a.seen[oe.Option]; seen {
-				tok = t
-			}
+	tok := a.tok
+	if fe, ok := errors.AsType[*fieldError](err); ok {
+		if t, seen := a.seen[fe.field]; seen {
+			tok = t
 		}
-		return errAt(tok, fmt.Errorf("app %q: %w", a.name, err))
 	}
-	if a.app.StickyCookieSecret != "" && a.app.StickyCookie == "" {
-		return errAt(a.seen["sticky_cookie_secret"], fmt.Errorf("app %q: sticky_cookie_secret: %w: it signs the sticky_cookie, which is not set",
-			a.name, ErrInapplicableOption))
-	}
-	// The health and resilience options that do not go together, by the
-	// rules Provision applies (timeout and interval play no part).
-	a.app.name = a.name
-	if _, err := a.app.provisionResilience(DefaultTimeout, DefaultHealthCheckCooldown, a.app.HealthURI != ""); err != nil {
-		tok := a.tok
-		if fe, ok := errors.AsType[*fieldError](err); ok {
-			if t, seen := a.seen[fe.field]; seen {
-				tok = t
-			}
-		}
-		return errAt(tok, err)
-	}
-	return nil
+	return errAt(tok, err)
 }
 
 // startCatchAll begins the app of the shorthand form; from says what began

@@ -523,6 +523,13 @@ var unmarshalCases = []unmarshalCase{
 		line:    4,
 		is:      caddylb.ErrInapplicableOption,
 	},
+	{
+		name:    "the same instance twice",
+		input:   inApp("instances 127.0.0.1:1", "instance http://127.0.0.1:1 weight 2"),
+		wantErr: []string{`app "a.example.com": instances[1].url: duplicate instance`},
+		line:    2,
+		is:      caddylb.ErrDuplicateInstance,
+	},
 
 	// Options given twice.
 	{

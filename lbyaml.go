@@ -18,7 +18,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 )
 
@@ -369,20 +368,11 @@ func (a *yamlAdapter) app(i int, n *yaml.Node) (*App, error) {
 		return nil, a.errAt(n, "", err)
 	}
 
-	// The checks Provision makes, on a copy since provision fills in
-	// defaults. It only builds values (no I/O, no goroutines). Its errors
-	// read `app "<name>": <field>: <problem>`; the field says where.
-	check := new(App)
-	if err := decodeStrict(v, check); err != nil {
-		return nil, a.errAt(n, "", err)
-	}
-	if err := check.provision(zap.NewNop()); err != nil {
+	// The checks Provision makes; the field at fault says where.
+	if err := checkApp(app); err != nil {
 		at := n
-		if cause := errors.Unwrap(err); cause != nil {
-			prefix := strings.TrimSuffix(err.Error(), cause.Error())
-			if field, ok := strings.CutPrefix(prefix, fmt.Sprintf("app %q: ", check.name)); ok {
-				at = a.lookup(strings.TrimSuffix(field, ": "))
-			}
+		if fe, ok := errors.AsType[*fieldError](err); ok {
+			at = a.lookup(fe.field)
 		}
 		return nil, fmt.Errorf("%s:%d:%d: %w", a.file, at.Line, at.Column, err)
 	}

@@ -13,6 +13,7 @@ package caddylb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -474,9 +475,9 @@ func reportInstance(in *backend.Instance, now int64) report.Instance {
 // provision applies defaults and checks the app's config, and builds
 // what serving it takes but its instances (see attach).
 //
-// The lbyaml adapter runs it at adapt time to check an app, and finds the
-// field at fault from the error's "app %q: <field>: " prefix: keep it free
-// of I/O, goroutines and shared state, and keep that form of error.
+// The config adapters run it at adapt time to check an app (see
+// checkApp): keep it free of I/O, goroutines and shared state, and make
+// every error with errorf, which names the field at fault.
 func (a *App) provision(logger *zap.Logger) error {
 	pattern, err := normalizeAppHost(a.Host)
 	a.name, a.pattern = a.Host, pattern
@@ -484,7 +485,7 @@ func (a *App) provision(logger *zap.Logger) error {
 		a.name = "*"
 	}
 	if err != nil {
-		return fmt.Errorf("app %q: host: %w", a.Host, err)
+		return a.errorf("host", err)
 	}
 	if a.Strategy == "" {
 		a.Strategy = strategy.Default
@@ -567,6 +568,23 @@ func (a *App) provision(logger *zap.Logger) error {
 // errorf wraps err with the app's name and the field at fault.
 func (a *App) errorf(field string, err error) error {
 	return &fieldError{app: a.name, field: field, err: err}
+}
+
+// checkApp returns the error Provision would refuse app with, if any,
+// without changing app: it provisions a copy, made through app's JSON.
+// The Caddyfile and lbyaml adapters use it to refuse at adapt time, with a
+// position, what only a whole app can tell (options that do not go
+// together, duplicate instances); the field of its *fieldError says where.
+func checkApp(app *App) error {
+	b, err := json.Marshal(app)
+	if err != nil {
+		return err
+	}
+	var c App
+	if err := json.Unmarshal(b, &c); err != nil {
+		return err
+	}
+	return c.provision(zap.NewNop())
 }
 
 // fieldError is a config error of an app's field, as errorf makes it.
