@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/internal/cookie"
@@ -99,7 +100,7 @@ func (s *Hash) setKey(spec string) error {
 	}
 	switch kind {
 	case "header":
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return bad("not a header name")
 		}
 		s.kind, s.name = keyHeader, textproto.CanonicalMIMEHeaderKey(name)
@@ -107,7 +108,7 @@ func (s *Hash) setKey(spec string) error {
 			s.kind = keyHost // net/http moves it out of the header map
 		}
 	case "cookie":
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return bad("not a cookie name")
 		}
 		s.kind, s.name = keyCookie, name
@@ -118,18 +119,6 @@ func (s *Hash) setKey(spec string) error {
 		s.kind, s.name = keyQuery, name
 	}
 	return nil
-}
-
-// isToken reports whether s is an RFC 9110 token, as header and cookie
-// names must be.
-func isToken(s string) bool {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return s != ""
 }
 
 // Select implements Strategy.

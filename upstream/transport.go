@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Defaults of the Transport's settings.
@@ -271,7 +273,7 @@ func (t *Transport) route(req *http.Request) (*hostPool, error) {
 	if err := validateHeaders(req.Trailer); err != "" {
 		return nil, fmt.Errorf("upstream: invalid trailer %s", err)
 	}
-	if req.Method != "" && !isToken(req.Method) {
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
 		return nil, fmt.Errorf("upstream: invalid method %q", req.Method)
 	}
 	if req.URL.Host == "" {
@@ -430,47 +432,14 @@ func headerHasToken(values []string, token string) bool {
 // returns what is wrong, or "".
 func validateHeaders(h http.Header) string {
 	for k, vv := range h {
-		if !isToken(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Sprintf("field name %q", k)
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !httpguts.ValidHeaderFieldValue(v) {
 				return fmt.Sprintf("field value for %q", k)
 			}
 		}
 	}
 	return ""
-}
-
-// isToken reports whether s is a non-empty RFC 9110 token.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !isTokenByte(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenByte(b byte) bool {
-	switch {
-	case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
-}
-
-// validHeaderValue reports whether v has no control bytes other than
-// horizontal tab (httpguts.ValidHeaderFieldValue).
-func validHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		b := v[i]
-		if (b < ' ' && b != '\t') || b == 0x7f {
-			return false
-		}
-	}
-	return true
 }
