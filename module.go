@@ -242,9 +242,8 @@ type App struct {
 	healthKey string     // the health settings, as part of instance state keys
 
 	// Set up by attach: the app's instances live in the process-wide
-	// pool of instance states (keys are what to release at Cleanup).
+	// pool of instance states, to release at Cleanup.
 	shared    []*sharedInstance
-	keys      []string
 	pool      *backend.Pool
 	targets   map[*backend.Instance]*target
 	sticky    *stickyCookie // nil without sticky_cookie

@@ -30,10 +30,13 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		repl.Set("http.load_balancer.retries", zeroValue)
 	}
 	defer setDuration(repl, start)
-	a.budget.request(start)
+	retries := a.res.retries > 0
+	if retries {
+		a.budget.request(start)
+	}
 
 	var body *retryBody
-	if r.Body != nil && r.Body != http.NoBody {
+	if retries && r.Body != nil && r.Body != http.NoBody {
 		body = newRetryBody(r.Body, idempotent(r.Method))
 		defer func(orig io.ReadCloser) { r.Body = orig }(r.Body)
 	}

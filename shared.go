@@ -30,6 +30,7 @@ var instanceStates = caddy.NewUsagePool()
 // its app checks it actively. Both outlive the configs that use them but
 // the last one.
 type sharedInstance struct {
+	key     string // in instanceStates
 	in      *backend.Instance
 	monitor *health.Monitor
 
@@ -113,14 +114,13 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	for i, u := range a.urls {
 		key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
 		v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
-			s := &sharedInstance{in: backend.NewWithPolicy(u, a.weights[i], &a.res.passive, backend.Now())}
+			s := &sharedInstance{key: key, in: backend.NewWithPolicy(u, a.weights[i], &a.res.passive, backend.Now())}
 			s.in.SetOnChange(s.report)
 			if a.probes != nil {
 				s.monitor = health.NewMonitor(s.in, a.probes[i], newProbeTransport())
 			}
 			return s, nil
 		})
-		a.keys = append(a.keys, key)
 		s := v.(*sharedInstance)
 		s.addReporter(config, onChange)
 		a.shared = append(a.shared, s)
@@ -144,11 +144,9 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 func (a *App) release(config <-chan struct{}) {
 	for _, s := range a.shared {
 		s.removeReporter(config)
+		_, _ = instanceStates.Delete(s.key)
 	}
-	for _, key := range a.keys {
-		_, _ = instanceStates.Delete(key)
-	}
-	a.shared, a.keys = nil, nil
+	a.shared = nil
 }
 
 // probeURL returns the URL health checks of the instance at u go to: the

@@ -204,15 +204,11 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 		in.st.fails = 0
 		in.st.passes++
 		if f&flagUnhealthy != 0 && (in.st.passes >= passes || first) {
-			in.flags.And(^flagUnhealthy)
-			// What it measured before it went down says nothing about it now.
-			in.latency.Store(0)
-			in.st.reason, in.st.changedAt = "health check passed", now
+			in.setActiveLocked(true, "health check passed", now)
 			changes = append(changes, Change{Event: EventHealthy, Reason: in.st.reason})
 			if f&flagEjected == 0 {
 				in.startRampLocked(now)
 			}
-			epoch.Add(1)
 		}
 		if f&flagEjected != 0 {
 			c := in.endEjectionLocked(now, "health check passed")
@@ -227,11 +223,9 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 		in.st.passes = 0
 		in.st.fails++
 		if f&flagUnhealthy == 0 && in.st.fails >= fails {
-			in.flags.Or(flagUnhealthy)
+			in.setActiveLocked(false, err.Error(), now)
 			in.stopRampLocked()
-			in.st.reason, in.st.changedAt = err.Error(), now
 			changes = append(changes, Change{Event: EventUnhealthy, Reason: in.st.reason})
-			epoch.Add(1)
 		}
 	}
 	in.mu.Unlock()
@@ -240,7 +234,8 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 	}
 }
 
-// setActiveLocked sets the active health at once.
+// setActiveLocked sets the active health at once, and reports whether it
+// changed. It is the one place the unhealthy flag changes.
 func (in *Instance) setActiveLocked(healthy bool, reason string, now int64) bool {
 	f := in.flags.Load()
 	if (f&flagUnhealthy == 0) == healthy {
