@@ -40,7 +40,7 @@ func TestNewIsHealthyAndIdle(t *testing.T) {
 	want := backend.Status{
 		URL:     "http://xxxxx@127.0.0.1:8080/base",
 		State:   backend.StateHealthy,
-		Reason:  "new",
+		Reason:  "added",
 		Healthy: true,
 		Weight:  1, EffectiveWeight: 1,
 	}

@@ -118,7 +118,7 @@ func NewWithPolicy(u *url.URL, weight int, p *Policy, now int64) *Instance {
 	in.weight.Store(int64(weight))
 	in.selWeight.Store(int64(weight) * rampSteps)
 	in.policy.Store(p)
-	in.st = state{rampStart: -1, step: rampSteps, reason: "new", changedAt: now}
+	in.st = state{rampStart: -1, step: rampSteps, reason: "added", changedAt: now}
 	if p.InitiallyUnhealthy {
 		in.flags.Store(flagUnhealthy)
 		in.st.reason = "awaiting its first health check"

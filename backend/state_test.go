@@ -198,7 +198,7 @@ func TestActiveChecks(t *testing.T) {
 			name:   "initially healthy: passes change nothing",
 			passes: 2, fails: 2,
 			steps:      []step{pass("", true), pass("", true), pass("", true)},
-			wantPasses: 3, wantReasonLast: "new",
+			wantPasses: 3, wantReasonLast: "added",
 		},
 		{
 			name:   "fall after fails in a row",
