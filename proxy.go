@@ -1,8 +1,10 @@
 package caddylb
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -113,6 +116,7 @@ func newProxy(target *url.URL, transport http.RoundTripper, errorLog *log.Logger
 			// would stay empty. Sharing the map sends them on.
 			pr.Out.Trailer = pr.In.Trailer
 			setForwarded(pr)
+			pr.Out.Header["Via"] = append(pr.Out.Header["Via"], via(pr.In))
 			if hasAuth && pr.Out.Header.Get("Authorization") == "" {
 				pr.Out.SetBasicAuth(user, pass)
 			}
@@ -161,65 +165,100 @@ func setForwarded(pr *httputil.ProxyRequest) {
 	out.Header.Set("X-Forwarded-Host", host)
 }
 
-// proxy sends r to the instance through rp and returns the status the
-// client got or should get, and the error that failed the exchange (nil if
-// the instance answered; the response is then under way or done). The
-// instance records how long it took to send its response headers (from
-// just before the request is sent, dialing included), the status, and
-// the outcome for passive health checks in pool (trial: the request is
-// the trial of an ejected instance). If obs is not nil, it is told that
-// latency too; a request the instance failed (502, 504) counts as taking
-// at least penalty, so that a broken instance looks slow rather than fast.
-// Requests the client gave up on count nothing for obs or passive checks.
-func proxy(rp *httputil.ReverseProxy, in *backend.Instance, pool *backend.Pool, trial bool,
-	obs strategy.Observer, penalty time.Duration, w http.ResponseWriter, r *http.Request) (status int, err error) {
+// proxy sends r to the instance in through t once, and returns the
+// status the client got or should get, and the error that failed the
+// exchange (nil if the instance answered; the response is then under way
+// or done). cookie, if not empty, is the sticky cookie's Set-Cookie value,
+// added to the final response only (never to a 1xx). trial says the
+// request is an ejected instance's trial (see backend.Pool.Admit).
+//
+// The instance records how long it took to send its response headers
+// (from just before the request was sent, dialing included), the status,
+// and the outcome for passive health checks: a failure when it could not
+// be reached, broke the exchange, did not answer in time, answered with
+// one of unhealthy_status, or cut its response short; a success
+// otherwise, a protocol switch (101) included. What the client caused (it
+// went away, or sent a broken body) counts for nobody. The strategy, if it
+// learns from latencies, is told that latency too; a request the instance
+// failed counts as taking at least the app's timeout, so that a broken
+// instance looks slow rather than fast.
+func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, w http.ResponseWriter, r *http.Request) (status int, err error) {
+	in.Acquire()
+	defer a.done(in) // also when the proxy aborts the response with a panic
+
+	// Caddy's own Server header gives way to the backend's, as with
+	// reverse_proxy; it is put back should the attempt fail unanswered.
+	h := w.Header()
+	server := h["Server"]
+	delete(h, "Server")
+
 	pw := writers.Get().(*proxyWriter)
 	pw.ResponseWriter = w
-	pw.obs, pw.in, pw.start = obs, in, backend.Now()
+	pw.obs, pw.in, pw.start, pw.cookie = a.observer, in, backend.Now(), cookie
+	completed := false
 	defer func() {
 		// Also when the response is aborted with a panic: the status the
 		// client got is the one written, if any.
 		status := pw.status
-		if status == 0 {
+		cutShort := !completed && pw.started && !pw.hijacked && pw.writeErr == nil && r.Context().Err() == nil
+		switch {
+		case status == 0:
 			status = http.StatusBadGateway
+		case cutShort:
+			// The client got a status, but the instance broke off its
+			// body: a failed exchange.
+			status = http.StatusBadGateway
+			in.RecordFailure()
 		}
 		now := backend.Now()
 		in.RecordResponse(status, now)
 		switch p := in.Policy(); {
-		case status == StatusClientClosedRequest:
+		case status == StatusClientClosedRequest || errors.Is(pw.err, upstream.ErrRequestBody):
 			if trial {
 				in.AbandonTrial()
 			}
+		case cutShort:
+			a.pool.Failed(in, now, "response cut short", trial)
 		case pw.err != nil:
-			pool.Failed(in, now, pw.err.Error(), trial)
+			a.pool.Failed(in, now, pw.err.Error(), trial)
 		case p.UnhealthyStatus.Has(status):
-			pool.Failed(in, now, "status "+strconv.Itoa(status), trial)
+			a.pool.Failed(in, now, "status "+strconv.Itoa(status), trial)
 		default:
 			in.Succeeded(trial, now)
+		}
+		if !pw.started && server != nil {
+			h["Server"] = server
 		}
 		*pw = proxyWriter{}
 		writers.Put(pw)
 	}()
 
-	rp.ServeHTTP(pw, r)
+	t.proxy.ServeHTTP(pw, r)
+	completed = true
 	if pw.err == nil {
 		return pw.status, nil
 	}
 	status = statusFor(r, pw.err)
 	pw.status = status
-	if status != StatusClientClosedRequest {
-		in.RecordFailure()
-		pw.observeAtLeast(penalty)
+	if status < 500 {
+		return status, pw.err // the client's doing
 	}
+	in.RecordFailure()
+	pw.observeAtLeast(a.timeout)
 	return status, pw.err
 }
 
 // statusFor maps a proxying error to a status: 499 if the client went
-// away, 502 if the instance could not be reached or broke the exchange,
-// 504 if it did not answer in time.
+// away; for a request body the client broke, 400 (413 where Caddy's
+// request_body limit stopped it, 408 where the client was too slow); 502 if
+// the instance could not be reached or broke the exchange; 504 if it did
+// not answer in time.
 func statusFor(r *http.Request, err error) int {
 	if r.Context().Err() != nil {
 		return StatusClientClosedRequest
+	}
+	if errors.Is(err, upstream.ErrRequestBody) {
+		return clientBodyStatus(err)
 	}
 	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
 		return http.StatusBadGateway
@@ -233,14 +272,34 @@ func statusFor(r *http.Request, err error) int {
 	return http.StatusBadGateway
 }
 
+// clientBodyStatus is the status for a failure to read the client's request
+// body.
+func clientBodyStatus(err error) int {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return http.StatusRequestEntityTooLarge
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+		return StatusClientClosedRequest // the connection ended mid-body
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return http.StatusRequestTimeout
+	}
+	return http.StatusBadRequest
+}
+
 // proxyWriter carries a proxying error from the ReverseProxy's error
 // handler back to ServeHTTP, which returns it to Caddy so that
-// handle_errors can render it. It passes everything else through.
+// handle_errors can render it, adds the sticky cookie to the final
+// response, and records what the client got. It passes everything else
+// through.
 type proxyWriter struct {
 	http.ResponseWriter
-	started bool // a final status or body bytes were written
-	status  int  // the final status written, or the error's
-	err     error
+	started  bool   // a final status, body bytes or a protocol switch were written
+	hijacked bool   // the connection was taken for a protocol switch
+	status   int    // the final status written, or the error's
+	cookie   string // Set-Cookie value for the final response; "" for none
+	err      error
+	writeErr error // the first failed write to the client
 
 	// Latency observation.
 	obs      strategy.Observer // nil unless the strategy wants it
@@ -252,14 +311,34 @@ type proxyWriter struct {
 var writers = sync.Pool{New: func() any { return new(proxyWriter) }}
 
 func (w *proxyWriter) WriteHeader(code int) {
-	if code >= 200 || code == http.StatusSwitchingProtocols {
-		if !w.started {
-			w.status = code
-		}
-		w.started = true
-		w.observe()
+	if code >= 200 && !w.started {
+		w.final(code)
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// final records the final response's status, once, and adds what goes on
+// it only.
+func (w *proxyWriter) final(code int) {
+	w.status = code
+	w.started = true
+	w.observe()
+	if w.cookie != "" {
+		w.Header().Add("Set-Cookie", w.cookie)
+	}
+	w.Header()["Via"] = append(w.Header()["Via"], viaValue)
+}
+
+// Hijack takes the client's connection for a protocol switch: the
+// ReverseProxy then writes the instance's 101 on it itself, with the
+// headers of this writer's map, and copies both ways.
+func (w *proxyWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.started {
+		w.final(http.StatusSwitchingProtocols)
+		w.hijacked = true
+	}
+	return c, brw, err
 }
 
 // observe records the time since the request was sent as the instance's
@@ -291,15 +370,16 @@ func (w *proxyWriter) observeAtLeast(floor time.Duration) {
 func (w *proxyWriter) Write(b []byte) (int, error) {
 	if !w.started {
 		// A body without WriteHeader: 200, as the server will send.
-		w.status = http.StatusOK
-		w.started = true
-		w.observe()
+		w.final(http.StatusOK)
 	}
-	return w.ResponseWriter.Write(b)
+	n, err := w.ResponseWriter.Write(b)
+	if err != nil && w.writeErr == nil {
+		w.writeErr = err
+	}
+	return n, err
 }
 
-// Unwrap lets http.ResponseController reach Caddy's writer to flush and to
-// hijack for upgrades.
+// Unwrap lets http.ResponseController reach Caddy's writer to flush.
 func (w *proxyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // recordProxyError is the ReverseProxy's error handler.
@@ -310,11 +390,33 @@ func recordProxyError(w http.ResponseWriter, _ *http.Request, err error) {
 		return
 	}
 	if pw.started {
-		// The client has a status line already: all that is left is to
-		// cut the response short.
+		// The client has a status line already (or its connection was
+		// taken for a protocol switch): all that is left is to cut the
+		// response short.
 		panic(http.ErrAbortHandler)
 	}
 	pw.err = err
+}
+
+// viaValue is what the load balancer adds to the Via header of responses
+// (RFC 9110, 7.6.3): the protocol it received them with, HTTP/1.1 for
+// every instance today, and its name, as reverse_proxy does.
+const viaValue = "1.1 Caddy"
+
+// via returns what the load balancer adds to the Via header of a request it
+// received as r.
+func via(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 1 && r.ProtoMinor == 1:
+		return "1.1 Caddy"
+	case r.ProtoMajor == 2:
+		return "2.0 Caddy"
+	case r.ProtoMajor == 3:
+		return "3.0 Caddy"
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0 Caddy"
+	}
+	return strconv.Itoa(r.ProtoMajor) + "." + strconv.Itoa(r.ProtoMinor) + " Caddy"
 }
 
 // copyBuffers pools the 32 KiB buffers response bodies are copied through.

@@ -41,7 +41,6 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		defer func(orig io.ReadCloser) { r.Body = orig }(r.Body)
 	}
 	var tried [MaxRetries + 1]*backend.Instance
-	cookieAt := -1   // index of our Set-Cookie value, to replace on a retry
 	var failed error // the last attempt's
 	for n := 0; ; n++ {
 		in, trial, pinned := a.pick(r, tried[:n])
@@ -68,13 +67,17 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 				extra.Set(t.logField)
 			}
 		}
-		if a.sticky != nil {
-			cookieAt = a.setStickyCookie(w, r, t, pinned, cookieAt)
+		var cookie string // pins the client to in, unless its cookie did
+		if a.sticky != nil && !pinned {
+			cookie = t.cookie
+			if r.TLS != nil {
+				cookie = t.secureCookie
+			}
 		}
 		if body != nil {
 			r.Body = body.attempt()
 		}
-		status, err := a.try(t, in, trial, w, r)
+		status, err := a.proxy(t, in, trial, cookie, w, r)
 		if err == nil {
 			return nil
 		}
@@ -91,13 +94,6 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		tried[n] = in
 	}
-}
-
-// try sends r to in once.
-func (a *App) try(t *target, in *backend.Instance, trial bool, w http.ResponseWriter, r *http.Request) (int, error) {
-	in.Acquire()
-	defer a.done(in) // also when the proxy aborts the response with a panic
-	return proxy(t.proxy, in, a.pool, trial, a.observer, a.timeout, w, r)
 }
 
 // pick returns the instance for r's next attempt, none of tried if
@@ -159,41 +155,17 @@ func contains(list []*backend.Instance, in *backend.Instance) bool {
 	return false
 }
 
-// setStickyCookie pins the client to t's instance with a Set-Cookie, unless
-// its cookie did already; at is the index of the value an earlier attempt
-// set (-1: none), which is replaced. It returns the index of the value set.
-func (a *App) setStickyCookie(w http.ResponseWriter, r *http.Request, t *target, pinned bool, at int) int {
-	h := w.Header()
-	if pinned {
-		if at >= 0 {
-			values := h["Set-Cookie"]
-			h["Set-Cookie"] = append(values[:at], values[at+1:]...)
-		}
-		return -1
-	}
-	cookie := t.cookie
-	if r.TLS != nil {
-		cookie = t.secureCookie
-	}
-	if at >= 0 {
-		h["Set-Cookie"][at] = cookie
-		return at
-	}
-	h.Add("Set-Cookie", cookie)
-	return len(h["Set-Cookie"]) - 1
-}
-
 // retryable reports whether a request that failed with status and err may
 // be sent to another instance. One that never reached the instance (no
 // connection, or the connection failed before any byte of it was
 // written) may, whatever its method, if its body is intact. One that
 // failed later (a timeout, a reset) may only if its method is idempotent
 // and its body can be sent again. A request whose client went away may
-// not; nor may one whose response has begun (proxy never returns an error
-// for those: it aborts the response).
+// not, nor one whose body the client broke; nor may one whose response has
+// begun (proxy never returns an error for those: it aborts the response).
 func retryable(r *http.Request, status int, err error, body *retryBody) bool {
-	if status == StatusClientClosedRequest || r.Context().Err() != nil {
-		return false
+	if status < 500 || r.Context().Err() != nil {
+		return false // the client's doing: 499, or a broken body (400, 413...)
 	}
 	if notSent(err) {
 		return body.rewind(false)

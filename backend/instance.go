@@ -8,6 +8,7 @@ package backend
 
 import (
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -163,13 +164,36 @@ func (in *Instance) FinishCheck(now int64, err error, passes, fails int) {
 // an outcome, for a check cut short by its caller.
 func (in *Instance) AbandonCheck() { in.checking.Unlock() }
 
-// Redact returns u as a string with any userinfo replaced by "xxxxx", so that
-// credentials in a backend URL never reach a log line or a report.
+// Redact returns u as a string with its userinfo and the values of its
+// query replaced by "xxxxx" (the query's keys kept), so that credentials
+// and tokens in a backend URL never reach a log line, a metric label or a
+// report.
 func Redact(u *url.URL) string {
-	if u.User == nil {
+	if u.User == nil && u.RawQuery == "" {
 		return u.String()
 	}
 	c := *u
-	c.User = url.User("xxxxx")
+	if u.User != nil {
+		c.User = url.User("xxxxx")
+	}
+	c.RawQuery = redactQuery(u.RawQuery)
 	return c.String()
+}
+
+// redactQuery replaces each non-empty value of a raw query with "xxxxx".
+func redactQuery(q string) string {
+	var b strings.Builder
+	for i, pair := range strings.Split(q, "&") {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		key, value, _ := strings.Cut(pair, "=")
+		b.WriteString(key)
+		if value != "" {
+			b.WriteString("=xxxxx")
+		} else if strings.Contains(pair, "=") {
+			b.WriteByte('=')
+		}
+	}
+	return b.String()
 }

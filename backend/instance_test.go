@@ -289,7 +289,7 @@ func TestStatus(t *testing.T) {
 
 	got := in.Status()
 	want := backend.Status{
-		URL:              "https://xxxxx@10.0.0.1:8443/app?x=1",
+		URL:              "https://xxxxx@10.0.0.1:8443/app?x=xxxxx",
 		State:            backend.StateUnhealthy,
 		Reason:           "status 502",
 		Since:            backend.WallTime(at),
@@ -334,7 +334,7 @@ func TestRedact(t *testing.T) {
 		{
 			name:    "user and password",
 			raw:     "http://alice:s3cr3t@backend.internal:8080/api?q=1#frag",
-			want:    "http://xxxxx@backend.internal:8080/api?q=1#frag",
+			want:    "http://xxxxx@backend.internal:8080/api?q=xxxxx#frag",
 			secrets: []string{"alice", "s3cr3t"},
 		},
 		{
@@ -356,7 +356,9 @@ func TestRedact(t *testing.T) {
 			secrets: []string{"dave", "p%40ss", "p@ss", "word"},
 		},
 		{name: "no userinfo", raw: "http://127.0.0.1:8080", want: "http://127.0.0.1:8080"},
-		{name: "no userinfo, path and query", raw: "https://example.com/a/b?c=d&e=f", want: "https://example.com/a/b?c=d&e=f"},
+		{name: "query values", raw: "https://example.com/a/b?token=s3cr3t&e=f", want: "https://example.com/a/b?token=xxxxx&e=xxxxx", secrets: []string{"s3cr3t"}},
+		{name: "query keys without values", raw: "http://h/?flag&empty=&k=v", want: "http://h/?flag&empty=&k=xxxxx"},
+		{name: "no userinfo, no query", raw: "https://example.com/a/b", want: "https://example.com/a/b"},
 		{name: "no userinfo, ipv6", raw: "http://[::1]:8080/health", want: "http://[::1]:8080/health"},
 		{name: "no userinfo, escaped path", raw: "http://h/a%2Fb", want: "http://h/a%2Fb"},
 	}
@@ -374,8 +376,8 @@ func TestRedact(t *testing.T) {
 					t.Errorf("Redact(%q) = %q still contains %q", tt.raw, got, s)
 				}
 			}
-			if u.User == nil && got != before {
-				t.Errorf("Redact changed a URL without userinfo: %q -> %q", before, got)
+			if u.User == nil && u.RawQuery == "" && got != before {
+				t.Errorf("Redact changed a URL without userinfo or query: %q -> %q", before, got)
 			}
 			if after := u.String(); after != before {
 				t.Errorf("Redact modified its argument: %q -> %q", before, after)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
@@ -541,5 +542,46 @@ func TestCloseDuringRead(t *testing.T) {
 	srv.waitEnded(t, 1)
 	if _, err := resp.Body.Read(buf); err == nil {
 		t.Error("Read on a closed body succeeded")
+	}
+}
+
+// brokenBody yields some bytes, then fails as a client's broken body does.
+type brokenBody struct{ sent bool }
+
+var errBroken = errors.New("malformed chunked encoding")
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "some"), nil
+	}
+	return 0, errBroken
+}
+
+// TestRequestBodyErrorTagged: a request that fails because its body could
+// not be read says so with ErrRequestBody, on the fast path and through
+// Fallback alike, and still reaches the body's own error.
+func TestRequestBodyErrorTagged(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	})
+	plain := httptest.NewServer(handler)
+	defer plain.Close()
+	tlsSrv := httptest.NewTLSServer(handler)
+	defer tlsSrv.Close()
+	tr := newTransport(t)
+	tr.Fallback = tlsSrv.Client().Transport
+	for _, url := range []string{plain.URL, tlsSrv.URL} {
+		req := mustReq(t, "PUT", url, &brokenBody{})
+		req.ContentLength = -1
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+			t.Fatalf("%s: the request succeeded, want it failed by its body", url)
+		}
+		if !errors.Is(err, ErrRequestBody) || !errors.Is(err, errBroken) {
+			t.Errorf("%s: error %v does not wrap ErrRequestBody and the body's error", url, err)
+		}
 	}
 }

@@ -178,15 +178,10 @@ func (ex *exchange) fail(err error, reading bool) error {
 		if ex.rb.detach() {
 			<-ex.wdone
 			ae.nothingWritten = c.nwritten == 0
-		} else {
-			select {
-			case <-ex.wdone:
-				if rerr := ex.rb.readErr; rerr != nil {
-					ae.err = fmt.Errorf("upstream: reading request body: %w", rerr)
-					ae.final = true
-				}
-			default:
-			}
+		} else if be := ex.rb.readErr.Load(); be != nil {
+			// The client's body broke the exchange: the writer closed the
+			// connection, which failed the reading of the response.
+			ae.err, ae.final = be, true
 		}
 	} else if !reading {
 		ae.nothingWritten = c.nwritten == 0
@@ -250,7 +245,7 @@ func (ex *exchange) writeLoop(wreq *http.Request) {
 	ex.hmu.Lock()
 	if !ex.headersDone {
 		switch {
-		case err != nil && (ex.rb.readErr != nil || c.nwritten == 0):
+		case err != nil && (ex.rb.readErr.Load() != nil || c.nwritten == 0):
 			// The backend waits for a request or the rest of a body that
 			// will not come: no use waiting for its response.
 			c.close()
@@ -412,7 +407,7 @@ type reqBody struct {
 	state   atomic.Int32 // rbFresh, rbStarted, rbDetached
 	closed  atomic.Bool
 	gate    *exchange // Expect: 100-continue; writer only
-	readErr error     // writer only; read by others after wdone
+	readErr atomic.Pointer[bodyReadError]
 }
 
 const (
@@ -438,7 +433,9 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if err != nil && err != io.EOF {
-		b.readErr = err
+		be := &bodyReadError{err}
+		b.readErr.CompareAndSwap(nil, be)
+		return n, be
 	}
 	return n, err
 }

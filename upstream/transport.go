@@ -183,6 +183,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			closeBody(req.Body)
 			return nil, errNoFallback
 		}
+		if hasBody(req) {
+			r := new(http.Request)
+			*r = *req
+			r.Body = taggedBody{req.Body}
+			req = r
+		}
 		return t.Fallback.RoundTrip(req)
 	}
 
@@ -339,6 +345,33 @@ func (t *Transport) CloseIdleConnections() {
 func NotSent(err error) bool {
 	_, ok := errors.AsType[*notSentError](err)
 	return ok
+}
+
+// ErrRequestBody is wrapped by the errors of RoundTrip (on both paths) and
+// of the request body's Read that come from reading the request body:
+// the request failed because its body could not be read (its client sent
+// a malformed one, was too slow, or went away), not because of the
+// backend. errors.Is and errors.As also reach the body's own error.
+var ErrRequestBody = errors.New("reading the request body")
+
+// bodyReadError is an error from reading the request body.
+type bodyReadError struct{ err error }
+
+func (e *bodyReadError) Error() string   { return "upstream: reading the request body: " + e.err.Error() }
+func (e *bodyReadError) Unwrap() []error { return []error{ErrRequestBody, e.err} }
+
+// taggedBody wraps the body of a request for Fallback, so that the errors
+// of reading it wrap ErrRequestBody there too.
+type taggedBody struct{ io.ReadCloser }
+
+func (b taggedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		if _, ok := err.(*bodyReadError); !ok {
+			err = &bodyReadError{err}
+		}
+	}
+	return n, err
 }
 
 // notSentError is an error after which nothing of the request was sent.
