@@ -210,17 +210,12 @@ http://:%d {
 		t.Fatalf("after a refused reload: %d %q %v", status, body, err)
 	}
 
-	type result struct {
-		status int
-		body   string
-		err    error
-	}
-	slow := make(chan result, 1)
+	slow := make(chan answer, 1)
 	go func() {
 		status, body, err := get("/slow")
-		slow <- result{status, body, err}
+		slow <- answer{status, body, err}
 	}()
-	<-arrived
+	recv(t, arrived, "the slow request at the backend")
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -238,10 +233,10 @@ http://:%d {
 	default:
 	}
 	release.open()
-	if r := <-slow; r.err != nil || r.status != 200 || r.body != "served" {
+	if r := recv(t, slow, "the answer in flight at SIGTERM"); r.err != nil || r.status != 200 || r.body != "served" {
 		t.Fatalf("request in flight at SIGTERM: %d %q %v", r.status, r.body, r.err)
 	}
-	<-exited
+	recv(t, exited, "caddy to exit")
 	if exitErr != nil {
 		t.Fatalf("caddy exit: %v", exitErr)
 	}

@@ -47,8 +47,11 @@ func TestExamples(t *testing.T) {
 	}
 	waitFor(t, "backend 3 to be found unhealthy and 1, 2 healthy", func() bool {
 		rep := fetchReport(t)
+		if len(rep.Apps) != 2 || len(rep.Apps[0].Instances) != 3 {
+			t.Fatalf("the demo's report: %+v, want 2 apps, the first with 3 instances", rep)
+		}
 		in := rep.Apps[0].Instances
-		return len(rep.Apps) == 2 && in[0].Healthy && in[1].Healthy && !in[2].Healthy && in[2].LastError == "status 503"
+		return in[0].Healthy && in[1].Healthy && !in[2].Healthy && in[2].LastError == "status 503"
 	})
 
 	seen := map[string]int{}

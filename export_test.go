@@ -1,9 +1,23 @@
 package caddylb
 
-// InstanceStates returns the number of instance states kept for the
-// loaded configs, for tests to check that none leaks.
-func InstanceStates() int {
-	n := 0
-	instanceStates.Range(func(any, any) bool { n++; return true })
-	return n
+import "strings"
+
+// InstanceStatesOf counts the instance states kept for the loaded configs
+// whose instance URL is one of urls, and the health monitors among them
+// that are probing, for tests to check that none leaks.
+func InstanceStatesOf(urls ...string) (states, monitors int) {
+	instanceStates.Range(func(_, v any) bool {
+		s := v.(*sharedInstance)
+		for _, u := range urls {
+			if strings.Contains(s.key, "\x00"+u+"\x00") || strings.Contains(s.key, "\x00"+u+"/") {
+				states++
+				if s.monitor != nil && s.monitor.Running() {
+					monitors++
+				}
+				break
+			}
+		}
+		return true
+	})
+	return states, monitors
 }

@@ -11,19 +11,23 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	caddylb "github.com/golb/caddy-lb"
 	"github.com/golb/caddy-lb/report"
 )
 
@@ -132,21 +136,18 @@ func (s *site) url(path string) string {
 // reload of the same port closes: those never reached the load balancer.
 func (s *site) get(host, path string) (int, string) {
 	s.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, s.url(path), nil)
+	status, body, err := s.tryGet(host, path)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	req.Host = host
-	resp, err := retryReset(client, req)
-	if err != nil {
-		s.t.Fatalf("GET %s (Host %s): %v", path, host, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		s.t.Fatalf("GET %s (Host %s): reading body: %v", path, host, err)
-	}
-	return resp.StatusCode, string(body)
+	return status, body
+}
+
+// status sends a GET for path with the given Host and returns the status.
+func (s *site) status(host, path string) int {
+	s.t.Helper()
+	status, _ := s.get(host, path)
+	return status
 }
 
 // client is the HTTP client of the tests: keep-alive, loopback only.
@@ -331,3 +332,297 @@ func caddyLoad(cfg []byte) error { return caddy.Load(cfg, true) }
 
 // jsonDecode decodes a response body.
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
+
+// tryGet is get for goroutines other than the test's, which may not fail
+// the test: it returns the error instead.
+func (s *site) tryGet(host, path string) (int, string, error) {
+	return s.getWith(host, path, func(req *http.Request) (*http.Response, error) { return retryReset(client, req) })
+}
+
+// getOnce is tryGet without sending the request again after a reset.
+func (s *site) getOnce(host, path string) (int, string, error) {
+	return s.getWith(host, path, client.Do)
+}
+
+func (s *site) getWith(host, path string, do func(*http.Request) (*http.Response, error)) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, s.url(path), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Host = host
+	resp, err := do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("GET %s (Host %s): %w", path, host, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, string(body), fmt.Errorf("GET %s (Host %s): reading body: %w", path, host, err)
+	}
+	return resp.StatusCode, string(body), nil
+}
+
+// answer is what tryGet returned, sent back from a goroutine.
+type answer struct {
+	status int
+	body   string
+	err    error
+}
+
+// getAsync sends the GET of tryGet from a goroutine of its own and
+// returns the channel its answer comes on.
+func (s *site) getAsync(host, path string) <-chan answer {
+	ch := make(chan answer, 1)
+	go func() {
+		status, body, err := s.tryGet(host, path)
+		ch <- answer{status, body, err}
+	}()
+	return ch
+}
+
+// recvTimeout bounds every wait of a test on a channel: a hang fails the
+// test with what it waited for, rather than running into go test's
+// timeout.
+const recvTimeout = 30 * time.Second
+
+// recv returns the next value of ch, failing the test if none comes in
+// time.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(recvTimeout)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out waiting for %s", what)
+		var zero T
+		return zero
+	}
+}
+
+// loadResult counts the outcomes of a bounded load.
+type loadResult struct {
+	mu     sync.Mutex
+	ok     int
+	resets int // connections reset or closed before any answer
+	failed []string
+	by     map[string]int // successful answers by body
+}
+
+func (lr *loadResult) add(status int, body string, err error) {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	switch {
+	case err != nil && status == 0 && isConnReset(err):
+		lr.resets++
+	case err != nil || status != http.StatusOK:
+		lr.failed = append(lr.failed, fmt.Sprintf("%d %q %v", status, body, err))
+	default:
+		lr.ok++
+		if lr.by == nil {
+			lr.by = map[string]int{}
+		}
+		lr.by[body]++
+	}
+}
+
+// load is a bounded load of GETs for / on one host.
+type load struct {
+	host      string
+	workers   int                  // goroutines sending requests, one after the other
+	perWorker int                  // requests each sends at most
+	progress  func(answered int64) // if set, called after each answer with the count so far
+	stop      *atomic.Bool         // if set, ends each worker after its request under way
+}
+
+// runLoad runs l against s. Each request is bounded by the client's
+// timeout, so the load ends within perWorker of them. A connection reset
+// or closed before any answer is counted, not sent again: callers bound
+// those they can explain.
+func runLoad(s *site, l load) *loadResult {
+	lr := &loadResult{}
+	var answered atomic.Int64
+	var wg sync.WaitGroup
+	for range l.workers {
+		wg.Go(func() {
+			for range l.perWorker {
+				if l.stop != nil && l.stop.Load() {
+					return
+				}
+				status, body, err := s.getOnce(l.host, "/")
+				lr.add(status, body, err)
+				if l.progress != nil {
+					l.progress(answered.Add(1))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return lr
+}
+
+// isConnReset reports whether err is a connection closed or reset by the
+// server before it sent any response.
+func isConnReset(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// provision provisions a load_balancer handler from its JSON outside
+// Caddy's running config, as Caddy would: cleaned up at once if it fails,
+// with the test otherwise.
+func provision(t testing.TB, handlerJSON string) (*caddylb.Handler, error) {
+	t.Helper()
+	var h caddylb.Handler
+	if err := json.Unmarshal([]byte(handlerJSON), &h); err != nil {
+		return nil, err
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	if err := h.Provision(ctx); err != nil {
+		cancel()
+		if cerr := h.Cleanup(); cerr != nil {
+			t.Errorf("cleanup after a failed provisioning: %v", cerr)
+		}
+		return nil, err
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = h.Cleanup()
+	})
+	return &h, nil
+}
+
+// provisioned is provision that fails the test on error.
+func provisioned(t testing.TB, handlerJSON string) *caddylb.Handler {
+	t.Helper()
+	h, err := provision(t, handlerJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// checkers counts the instance states kept for the given instance URLs
+// (those of a test's own backends) and the health monitors among them that
+// are probing.
+func checkers(urls ...string) string {
+	states, monitors := caddylb.InstanceStatesOf(urls...)
+	return fmt.Sprintf("%d monitors, %d instance states", monitors, states)
+}
+
+// eventLog records the load balancer events of one test, sent to it by
+// the events.handlers.lbtest module: `on <event> lbtest <name>` in the
+// events global option, where name is the log's.
+type eventLog struct {
+	name   string
+	mu     sync.Mutex
+	events []recordedEvent
+	notify chan struct{} // a value after each event
+	next   int           // of events, for the next call of the method next
+}
+
+// recordedEvent is an event and whether it was emitted with a context
+// already ended: by a config on its way out.
+type recordedEvent struct {
+	caddy.Event
+	late bool
+}
+
+var (
+	eventLogsMu sync.Mutex
+	eventLogs   = map[string]*eventLog{}
+	eventLogSeq int
+)
+
+// newEventLog returns a log of the test's events, for the events global
+// option it returns.
+func newEventLog(t testing.TB, events ...string) (*eventLog, string) {
+	eventLogsMu.Lock()
+	defer eventLogsMu.Unlock()
+	eventLogSeq++
+	l := &eventLog{name: fmt.Sprintf("log%d", eventLogSeq), notify: make(chan struct{}, 1)}
+	eventLogs[l.name] = l
+	t.Cleanup(func() {
+		eventLogsMu.Lock()
+		defer eventLogsMu.Unlock()
+		delete(eventLogs, l.name)
+	})
+	var b strings.Builder
+	b.WriteString("\n\tevents {\n")
+	for _, e := range events {
+		fmt.Fprintf(&b, "\t\ton %s lbtest %s\n", e, l.name)
+	}
+	b.WriteString("\t}")
+	return l, b.String()
+}
+
+func (l *eventLog) add(e recordedEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+// nextEvent returns the log's next event, failing the test if none comes
+// in time.
+func (l *eventLog) nextEvent(t testing.TB) recordedEvent {
+	t.Helper()
+	deadline := time.Now().Add(recvTimeout)
+	for {
+		l.mu.Lock()
+		if l.next < len(l.events) {
+			e := l.events[l.next]
+			l.next++
+			l.mu.Unlock()
+			return e
+		}
+		l.mu.Unlock()
+		select {
+		case <-l.notify:
+		case <-time.After(time.Until(deadline)):
+			t.Fatal("timed out waiting for an event")
+		}
+	}
+}
+
+// all returns every event the log has recorded.
+func (l *eventLog) all() []recordedEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
+}
+
+func init() { caddy.RegisterModule(eventRecorder{}) }
+
+// eventRecorder is an event handler module for tests: it adds each event
+// it gets to the eventLog it names.
+type eventRecorder struct {
+	Log string `json:"log"`
+}
+
+func (eventRecorder) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "events.handlers.lbtest", New: func() caddy.Module { return new(eventRecorder) }}
+}
+
+func (r *eventRecorder) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if !d.Args(&r.Log) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func (r *eventRecorder) Handle(ctx context.Context, e caddy.Event) error {
+	eventLogsMu.Lock()
+	l := eventLogs[r.Log]
+	eventLogsMu.Unlock()
+	if l != nil {
+		l.add(recordedEvent{Event: e, late: ctx.Err() != nil})
+	}
+	return nil
+}
+
+var _ caddyevents.Handler = (*eventRecorder)(nil)

@@ -35,12 +35,8 @@ http://:{port} {
 
 	// The first request goes to the first instance (all idle, none picked
 	// yet) and stays there until released.
-	done := make(chan string, 1)
-	go func() {
-		_, body := s.get("pay.test", "/")
-		done <- body
-	}()
-	<-arrived
+	done := s.getAsync("pay.test", "/")
+	recv(t, arrived, "the request at the busy backend")
 	if got := instanceOf(t, fetchReport(t), "pay.test", busy.URL).ActiveConnections; got != 1 {
 		t.Fatalf("busy instance reports %d active connections, want 1", got)
 	}
@@ -55,8 +51,8 @@ http://:{port} {
 	}
 
 	release.open()
-	if body := <-done; body != "busy" {
-		t.Fatalf("held request got %q", body)
+	if a := recv(t, done, "the held request's answer"); a.err != nil || a.body != "busy" {
+		t.Fatalf("held request got %q %v", a.body, a.err)
 	}
 	waitFor(t, "active connections back to 0", func() bool {
 		return instanceOf(t, fetchReport(t), "pay.test", busy.URL).ActiveConnections == 0

@@ -2,26 +2,20 @@ package caddylb_test
 
 import (
 	"cmp"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	caddylb "github.com/golb/caddy-lb"
-	"github.com/golb/caddy-lb/health"
 )
 
 func TestHealthChangesLoggedOncePerChange(t *testing.T) {
@@ -94,7 +88,7 @@ http://:{port} {
 		}
 		app pay.test {
 			strategy least_connections
-			instances %s
+			instance %s weight 3
 		}
 	}
 }`, a1.URL, a2.URL, secretURL))
@@ -123,6 +117,13 @@ http://:{port} {
 	p := rep.Apps[1].Instances[0]
 	if strings.Contains(p.URL, "hunter2") || strings.Contains(p.URL, "user") || p.LastChecked != nil {
 		t.Errorf("pay instance: %+v (userinfo must be redacted; never checked)", p)
+	}
+	if p.Weight != 3 || p.EffectiveWeight != 3 || p.State != "healthy" || p.Reason != "added" || p.Since == nil || p.Since.After(time.Now()) {
+		t.Errorf("pay instance: weight %d, effective %v, state %q (%s) since %v; want 3, 3, healthy (added) since its start",
+			p.Weight, p.EffectiveWeight, p.State, p.Reason, p.Since)
+	}
+	if got2.State != "unhealthy" || got2.Reason != "status 503" || got2.Since == nil || got2.Since.Before(*p.Since) {
+		t.Errorf("a2: state %q (%s) since %v; want unhealthy (status 503) since after it was added", got2.State, got2.Reason, got2.Since)
 	}
 
 	t.Run("raw JSON keeps the original field names", func(t *testing.T) {
@@ -225,23 +226,15 @@ http://:{port} {
 }`
 	s.load(fmt.Sprintf(cfg, b.URL))
 
-	type result struct {
-		status int
-		body   string
-	}
-	done := make(chan result, 1)
-	go func() {
-		status, body := s.get("x.test", "/")
-		done <- result{status, body}
-	}()
-	<-arrived
+	done := s.getAsync("x.test", "/")
+	recv(t, arrived, "the request at the backend")
 	s.load(fmt.Sprintf(cfg, other.URL)) // the old handler is cleaned up here
 	if status, body := s.get("x.test", "/"); status != 200 || body != "new" {
 		t.Fatalf("new config: %d %q", status, body)
 	}
 	release.open()
-	if r := <-done; r.status != 200 || r.body != "finished" {
-		t.Fatalf("in-flight request across reload: %d %q", r.status, r.body)
+	if r := recv(t, done, "the in-flight request's answer"); r.err != nil || r.status != 200 || r.body != "finished" {
+		t.Fatalf("in-flight request across reload: %d %q %v", r.status, r.body, r.err)
 	}
 }
 
@@ -282,63 +275,44 @@ http://:{port} {
 	client.CloseIdleConnections()
 	baseAll := goroutinesSettled()
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var ok, connErrs int
-	var bad []string
-	for range 4 {
-		wg.Go(func() {
-			for i := 0; i < 2000 && ctx.Err() == nil; i++ {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url("/"), nil)
-				req.Host = "x.test"
-				resp, err := client.Do(req)
-				var body []byte
-				if err == nil {
-					body, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-				}
-				mu.Lock()
-				switch {
-				case err != nil && ctx.Err() == nil && resp == nil && isConnReset(err):
-					connErrs++
-				case err != nil && ctx.Err() != nil:
-					// the load ended mid-request
-				case err != nil || resp.StatusCode != 200 || (string(body) != "b1" && string(body) != "b2"):
-					bad = append(bad, fmt.Sprintf("%v %q %v", resp != nil && resp.StatusCode != 0, body, err))
-				default:
-					ok++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	for i := 1; i <= 20; i++ {
+	const workers, reloads = 4, 20
+	var stop atomic.Bool
+	results := make(chan *loadResult, 1)
+	go func() { results <- runLoad(s, load{host: "x.test", workers: workers, perWorker: 2000, stop: &stop}) }()
+	for i := 1; i <= reloads; i++ {
 		s.load(cfg(i))
 	}
-	cancel()
-	wg.Wait()
-	t.Logf("20 reloads: %d requests answered 200, %d connection errors at Caddy's listener", ok, connErrs)
-	if len(bad) != 0 {
-		t.Fatalf("%d requests failed across 20 reloads: %v", len(bad), bad[:min(len(bad), 5)])
+	stop.Store(true) // each worker ends after its request under way
+	lr := recv(t, results, "the load to end")
+	ok, connErrs := lr.ok, lr.resets
+	t.Logf("%d reloads: %d requests answered 200 (%v), %d connection errors at Caddy's listener", reloads, ok, lr.by, connErrs)
+	if len(lr.failed) != 0 {
+		t.Fatalf("%d requests failed across %d reloads: %v", len(lr.failed), reloads, lr.failed[:min(len(lr.failed), 5)])
 	}
-	if ok == 0 {
-		t.Fatal("no request succeeded")
+	if ok == 0 || lr.by["b1"]+lr.by["b2"] != ok {
+		t.Fatalf("answers %v: want all from b1 and b2", lr.by)
+	}
+	// A reload resets at most the connection each client has under way
+	// and one it opens on the closing listener; more would be a load
+	// balancer hanging up.
+	if connErrs > 2*workers*reloads {
+		t.Errorf("%d connections reset or closed without an answer across %d reloads, want at most %d", connErrs, reloads, 2*workers*reloads)
 	}
 	// The instances' states were kept, not rebuilt: one health monitor
 	// each, however many reloads; the down backend stayed out; every
-	// request that reached an instance is in its counts.
-	if got := checkers(); got != "3 monitors, 3 instance states" {
-		t.Errorf("after 20 reloads: %s, want 3 of each", got)
+	// request that reached an instance is in its counts, and was answered:
+	// a request the load balancer took and then hung up on would show.
+	if got := checkers(b1.URL, b2.URL, down.URL); got != "3 monitors, 3 instance states" {
+		t.Errorf("after %d reloads: %s, want 3 of each", reloads, got)
 	}
 	if n := down.requests.Load() - downBefore; n != 0 {
-		t.Errorf("the unhealthy backend got %d requests across 20 reloads", n)
+		t.Errorf("the unhealthy backend got %d requests across %d reloads", n, reloads)
 	}
 	rep := fetchReport(t)
 	counted := instanceOf(t, rep, "x.test", b1.URL).TotalRequests + instanceOf(t, rep, "x.test", b2.URL).TotalRequests
-	if served := uint64(b1.requests.Load() + b2.requests.Load()); counted != served {
-		t.Errorf("the report counts %d requests, the backends served %d", counted, served)
+	served := uint64(b1.requests.Load() + b2.requests.Load())
+	if answered := uint64(ok + 1); counted != served || served != answered {
+		t.Errorf("the report counts %d requests, the backends served %d, the clients got %d answers", counted, served, answered)
 	}
 	// The last config that uses an instance takes its state and health
 	// checks with it.
@@ -350,7 +324,7 @@ http://:{port} {
 		}
 	}
 }`, b1.URL))
-	if got := checkers(); got != "0 monitors, 1 instance states" {
+	if got := checkers(b1.URL, b2.URL, down.URL); got != "0 monitors, 1 instance states" {
 		t.Errorf("after a config without health checks: %s, want 0 monitors, 1 state", got)
 	}
 	// Nothing else may be left behind either: backend connections of
@@ -380,40 +354,6 @@ func goroutinesSettled() int {
 		}
 	}
 	return n
-}
-
-// isConnReset reports whether err is a connection closed or reset by the
-// server before it sent any response.
-func isConnReset(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// provisionHandler provisions the first load_balancer handler of
-// handlersJSON (a comma-separated list of handler objects) on its own, then
-// cleans it up, and returns the provisioning error.
-func provisionHandler(t *testing.T, handlersJSON string) error {
-	t.Helper()
-	var handlers []json.RawMessage
-	if err := json.Unmarshal([]byte("["+handlersJSON+"]"), &handlers); err != nil {
-		t.Fatal(err)
-	}
-	var h caddylb.Handler
-	if err := json.Unmarshal(handlers[0], &h); err != nil {
-		return err
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	err := h.Provision(ctx)
-	if cerr := h.Cleanup(); cerr != nil {
-		t.Errorf("cleanup after provisioning: %v", cerr)
-	}
-	return err
-}
-
-// checkers counts the running health monitors and the instance states
-// of the loaded configs.
-func checkers() string {
-	return fmt.Sprintf("%d monitors, %d instance states", health.Active(), caddylb.InstanceStates())
 }
 
 // TestBadConfigRefused loads bad configs: each is refused with an error
@@ -462,7 +402,8 @@ http://:{port} {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := checkers()
+			urls := []string{b.URL, "http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"}
+			before := checkers(urls...)
 			cfg := fmt.Sprintf(`{"admin":{"listen":%q},"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:%d"],"routes":[{"handle":[%s]}]}}}}}`,
 				adminAddr, s.port, tt.json)
 			err := caddyLoad([]byte(cfg))
@@ -477,14 +418,19 @@ http://:{port} {
 			if tt.is != nil {
 				// Caddy's load error keeps the message but not the chain:
 				// provision the handler alone to check the sentinel.
-				if err := provisionHandler(t, tt.json); !errors.Is(err, tt.is) {
+				first := tt.json
+				var handlers []json.RawMessage
+				if json.Unmarshal([]byte("["+tt.json+"]"), &handlers) == nil {
+					first = string(handlers[0])
+				}
+				if _, err := provision(t, first); !errors.Is(err, tt.is) {
 					t.Errorf("provisioning %s: error %v is not %v", tt.json, err, tt.is)
 				}
 			}
 			if status, body := s.get("x.test", "/"); status != 200 || body != "good" {
 				t.Fatalf("running config stopped serving: %d %q", status, body)
 			}
-			if after := checkers(); after != before {
+			if after := checkers(urls...); after != before {
 				t.Fatalf("before the failed load: %s; after: %s", before, after)
 			}
 		})
@@ -527,7 +473,7 @@ http://:{port} {
 		health_check_cooldown 1h
 	}
 }`, srv.URL))
-			if got := <-probed; got != "/base/status%2Fall?full=1" {
+			if got := recv(t, probed, "the probe"); got != "/base/status%2Fall?full=1" {
 				t.Fatalf("probe asked for %q", got)
 			}
 			waitFor(t, "the check to be recorded", func() bool {

@@ -207,9 +207,10 @@ type App struct {
 	// A request that never reached an instance (no connection, or
 	// reset before any byte was sent) is retried whatever its method,
 	// body intact. A request that failed after it was sent (timeout,
-	// reset) is retried only if its method is GET, HEAD, OPTIONS, TRACE,
-	// PUT or DELETE and its body was empty (or fully read, up to 64 KiB). Never
-	// once the response has begun. 0 turns retries off. Default: 2.
+	// reset) is retried only if it is idempotent (GET, HEAD, OPTIONS,
+	// TRACE, PUT, DELETE, or with an Idempotency-Key header) and its body
+	// was empty (or fully read, up to 64 KiB). Never once the response has
+	// begun, nor when the client broke it. 0 turns retries off. Default: 2.
 	Retries *int `json:"retries,omitempty"`
 
 	// The time from the start of a request after which it is no longer

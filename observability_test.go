@@ -1,7 +1,6 @@
 package caddylb_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"maps"
@@ -13,11 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 )
 
 // sample is one sample of a Prometheus text exposition.
@@ -208,17 +202,13 @@ http://:{port} {
 			_ = g.wait(r.Context())
 			_, _ = io.WriteString(w, "a")
 		})
-		done := make(chan int)
-		go func() {
-			code, _ := s.get("api.test", "/")
-			done <- code
-		}()
+		done := s.getAsync("api.test", "/")
 		waitFor(t, "the request in flight", func() bool {
 			return value(t, scrape(t), "caddy_load_balancer_instance_in_flight", "instance", redacted) == 1
 		})
 		g.open()
-		if code := <-done; code != 200 {
-			t.Errorf("status %d", code)
+		if a := recv(t, done, "the answer"); a.err != nil || a.status != 200 {
+			t.Errorf("status %d, %v", a.status, a.err)
 		}
 		if got := value(t, scrape(t), "caddy_load_balancer_instance_in_flight", "instance", redacted); got != 0 {
 			t.Errorf("in flight after the request: %v, want 0", got)
@@ -282,59 +272,12 @@ http://:{port} {
 	}
 }
 
-// lbEvents receives the events the events.handlers.lbtest module gets.
-var lbEvents = make(chan caddy.Event, 64)
-
-func init() { caddy.RegisterModule(eventRecorder{}) }
-
-// eventRecorder is an event handler module for tests: it sends each event
-// it gets to lbEvents.
-type eventRecorder struct{}
-
-func (eventRecorder) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "events.handlers.lbtest", New: func() caddy.Module { return new(eventRecorder) }}
-}
-
-func (*eventRecorder) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	return nil
-}
-
-func (*eventRecorder) Handle(_ context.Context, e caddy.Event) error {
-	select {
-	case lbEvents <- e:
-	default:
-	}
-	return nil
-}
-
-var _ caddyevents.Handler = (*eventRecorder)(nil)
-
-// nextEvent returns the next event lbEvents gets, failing the test after a
-// generous deadline.
-func nextEvent(t testing.TB) caddy.Event {
-	t.Helper()
-	select {
-	case e := <-lbEvents:
-		return e
-	case <-time.After(15 * time.Second):
-		t.Fatal("timed out waiting for an event")
-		return caddy.Event{}
-	}
-}
-
 func TestEvents(t *testing.T) {
-	for len(lbEvents) > 0 {
-		<-lbEvents
-	}
 	b := newBackend(t, "b")
 	b.health.Store(503)
 	s := newSite(t)
-	s.global = `
-	events {
-		on load_balancer.instance_healthy lbtest
-		on load_balancer.instance_unhealthy lbtest
-	}`
+	events, global := newEventLog(t, "load_balancer.instance_healthy", "load_balancer.instance_unhealthy", "load_balancer.instance_ejected")
+	s.global = global
 	s.load(fmt.Sprintf(`
 http://:{port} {
 	load_balancer {
@@ -354,7 +297,7 @@ http://:{port} {
 		{"load_balancer.instance_healthy", "health check passed", 503},
 		{"load_balancer.instance_unhealthy", "status 503", 0},
 	} {
-		e := nextEvent(t)
+		e := events.nextEvent(t)
 		if e.Name() != want.name || e.Data["app"] != "events.test" || e.Data["instance"] != b.URL || e.Data["reason"] != want.reason {
 			t.Fatalf("event %s %v, want %s with app events.test, instance %s, reason %q", e.Name(), e.Data, want.name, b.URL, want.reason)
 		}
@@ -365,17 +308,50 @@ http://:{port} {
 	}
 
 	// Unloading the config while checks run and events flow: nothing may
-	// be emitted on its way out (nor panic).
+	// be emitted by it on its way out (nor panic).
 	s.load(`http://:{port} {
 	respond ok
 }`)
-	for len(lbEvents) > 0 {
-		<-lbEvents
+	for _, e := range events.all() {
+		if e.late {
+			t.Errorf("event %s %v emitted by a config being unloaded", e.Name(), e.Data)
+		}
 	}
-	select {
-	case e := <-lbEvents:
-		t.Errorf("event %s %v after the config was unloaded", e.Name(), e.Data)
-	default:
+
+	// A request of an unloaded config that fails its instance after the
+	// unload: the ejection concerns no running config, so no event.
+	failing := newBackend(t, "failing")
+	arrived, release := make(chan struct{}), newGate()
+	t.Cleanup(release.open)
+	failing.handle(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		_ = release.wait(r.Context())
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app late.test {
+			unhealthy_status 5xx
+			max_fails 1
+			instances %s
+		}
+	}
+}`, failing.URL))
+	seen := len(events.all())
+	done := s.getAsync("late.test", "/")
+	recv(t, arrived, "the request at the backend")
+	s.load(`http://:{port} {
+	respond ok
+}`)
+	release.open()
+	if a := recv(t, done, "the answer"); a.err != nil || a.status != http.StatusInternalServerError {
+		t.Fatalf("the request across the unload: %d %v, want the backend's 500", a.status, a.err)
+	}
+	// The ejection came before the answer was complete: any event of it
+	// would be in the log by now.
+	if got := events.all()[seen:]; len(got) != 0 {
+		t.Errorf("events after the config was unloaded: %v", got)
 	}
 }
 
@@ -409,8 +385,12 @@ http://:{port} {
 			health_check_cooldown 1h
 			instances %s
 		}
+		app retried.test {
+			strategy first
+			instances %s %s
+		}
 	}
-}`, accessLog, secret, closedURL()))
+}`, accessLog, secret, closedURL(), closedURL(), b.URL))
 
 	req, _ := http.NewRequest(http.MethodGet, s.url("/logged"), nil)
 	req.Host = "logged.test"
@@ -458,6 +438,15 @@ http://:{port} {
 	raw, _ := os.ReadFile(accessLog)
 	if strings.Contains(string(raw), "hunter2") {
 		t.Errorf("the access log shows the instance's password")
+	}
+	// A request retried once, after its first instance refused it.
+	if status, body := s.get("retried.test", "/retried"); status != 200 || body != "b" {
+		t.Fatalf("retried.test: %d %q", status, body)
+	}
+	waitFor(t, "the retried request's access log line", func() bool { return len(accessLines("/retried")) == 1 })
+	if l := accessLines("/retried")[0]; l["lb_retries"] != float64(1) || l["lb_instance"] != b.URL || l["status"] != float64(200) {
+		t.Errorf("retried request's access log line: retries %v, instance %v, status %v; want 1, %s, 200",
+			l["lb_retries"], l["lb_instance"], l["status"], b.URL)
 	}
 	none := accessLines("/none")
 	l = none[len(none)-1]

@@ -33,6 +33,7 @@ func TestProxiedRequest(t *testing.T) {
 		name      string
 		trusted   bool   // the server trusts 127.0.0.1 as a proxy
 		base      string // path of the instance URL
+		userinfo  string // of the instance URL, "user:password"
 		uri       string
 		header    map[string]string
 		wantURI   string
@@ -79,6 +80,21 @@ func TestProxiedRequest(t *testing.T) {
 			wantURI: "/base/dir/file?q=a%20b&q=c&raw=%zz",
 		},
 		{
+			name:     "instance userinfo sent as basic auth",
+			userinfo: "alice:s3cret",
+			uri:      "/",
+			wantURI:  "/",
+			wantHdr:  map[string]string{"Authorization": "Basic YWxpY2U6czNjcmV0"},
+		},
+		{
+			name:     "the client's own Authorization kept",
+			userinfo: "alice:s3cret",
+			uri:      "/",
+			header:   map[string]string{"Authorization": "Bearer t0ken"},
+			wantURI:  "/",
+			wantHdr:  map[string]string{"Authorization": "Bearer t0ken"},
+		},
+		{
 			name:      "hop-by-hop headers and those named in Connection stripped",
 			uri:       "/",
 			header:    map[string]string{"Connection": "X-Private, keep-alive", "X-Private": "secret", "Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x", "X-Public": "yes"},
@@ -98,10 +114,14 @@ func TestProxiedRequest(t *testing.T) {
 		trusted_proxies static 127.0.0.1/8
 	}`
 			}
+			instance := b.URL
+			if tt.userinfo != "" {
+				instance = strings.Replace(b.URL, "http://", "http://"+tt.userinfo+"@", 1)
+			}
 			s.load(fmt.Sprintf(`
 http://:{port} {
 	load_balancer %s%s
-}`, b.URL, tt.base))
+}`, instance, tt.base))
 
 			req, _ := http.NewRequest(http.MethodGet, s.url(tt.uri), nil)
 			req.Host = "shop.test"
@@ -370,9 +390,9 @@ http://:{port} {
 		_, err := client.Do(req)
 		errc <- err
 	}()
-	<-arrived
+	recv(t, arrived, "the request at the backend")
 	cancel()
-	if err := <-errc; err == nil {
+	if err := recv(t, errc, "the cancelled request to end"); err == nil {
 		t.Fatal("request succeeded, want it cancelled")
 	}
 	waitFor(t, "request to end", func() bool {

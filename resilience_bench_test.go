@@ -1,12 +1,10 @@
 package caddylb_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"sync"
 	"testing"
-	"time"
 )
 
 // BenchmarkFaults runs the fault-injection scenarios of the resilience
@@ -78,15 +76,13 @@ func faultKill(b *testing.B, handler func(urls ...string) string) int {
 	b1, b2, b3 := newBackend(b, "b1"), newBackend(b, "b2"), newBackend(b, "b3")
 	s := newSite(b)
 	s.load(fmt.Sprintf("http://:{port} {\n\t%s\n}", handler(b1.URL, b2.URL, b3.URL)))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	var once sync.Once
-	lr := runLoad(ctx, s, "fault.test", 4, 1500, func(sent int64) {
-		if sent == 600 {
+	lr := runLoad(s, load{host: "fault.test", workers: 4, perWorker: 1500, progress: func(answered int64) {
+		if answered == 600 {
 			once.Do(func() { kill(b3) })
 		}
-	})
-	return len(lr.failed)
+	}})
+	return len(lr.failed) + lr.resets
 }
 
 // faultHang: 100 sequential GETs, one of two backends never answers.

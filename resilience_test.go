@@ -2,7 +2,6 @@ package caddylb_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,72 +14,6 @@ import (
 
 	"github.com/golb/caddy-lb/report"
 )
-
-// loadResult counts the outcomes of a bounded load.
-type loadResult struct {
-	mu     sync.Mutex
-	ok     int
-	failed []string
-	by     map[string]int // successful answers by body
-}
-
-func (lr *loadResult) add(status int, body string, err error) {
-	lr.mu.Lock()
-	defer lr.mu.Unlock()
-	if err != nil || status != http.StatusOK {
-		lr.failed = append(lr.failed, fmt.Sprintf("%d %q %v", status, body, err))
-		return
-	}
-	lr.ok++
-	if lr.by == nil {
-		lr.by = map[string]int{}
-	}
-	lr.by[body]++
-}
-
-// runLoad sends GETs for host from workers goroutines, n each, until ctx
-// ends, and calls progress after each answer with the number sent so far.
-func runLoad(ctx context.Context, s *site, host string, workers, n int, progress func(sent int64)) *loadResult {
-	lr := &loadResult{}
-	var sent atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for i := 0; i < n && ctx.Err() == nil; i++ {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url("/"), nil)
-				req.Host = host
-				resp, err := retryReset(client, req)
-				var body []byte
-				status := 0
-				if err == nil {
-					status = resp.StatusCode
-					body, err = io.ReadAll(resp.Body)
-					resp.Body.Close()
-				}
-				if ctx.Err() != nil {
-					return
-				}
-				lr.add(status, string(body), err)
-				if progress != nil {
-					progress(sent.Add(1))
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return lr
-}
-
-// drainEvents empties lbEvents of what earlier tests left.
-func drainEvents() {
-	for {
-		select {
-		case <-lbEvents:
-		default:
-			return
-		}
-	}
-}
 
 // kill stops b the hard way: no new connections, and those open (requests
 // in flight included) are cut.
@@ -103,18 +36,16 @@ http://:{port} {
 		}
 	}
 }`, b1.URL, b2.URL, b3.URL))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	var once sync.Once
-	lr := runLoad(ctx, s, "kill.test", 4, 250, func(sent int64) {
-		if sent == 200 {
+	lr := runLoad(s, load{host: "kill.test", workers: 4, perWorker: 250, progress: func(answered int64) {
+		if answered == 200 {
 			once.Do(func() { kill(b3) })
 		}
-	})
-	if ctx.Err() != nil {
-		t.Fatal("the load did not finish in time")
+	}})
+	t.Logf("%d requests answered 200 (by backend: %v), %d failed", lr.ok, lr.by, len(lr.failed)+lr.resets)
+	if lr.resets != 0 {
+		t.Fatalf("%d connections to Caddy closed without an answer after killing a backend", lr.resets)
 	}
-	t.Logf("%d requests answered 200 (by backend: %v), %d failed", lr.ok, lr.by, len(lr.failed))
 	if len(lr.failed) != 0 {
 		t.Fatalf("%d requests failed after killing a backend: %v", len(lr.failed), lr.failed[:min(5, len(lr.failed))])
 	}
@@ -124,6 +55,17 @@ http://:{port} {
 	in := instanceOf(t, fetchReport(t), "kill.test", b3.URL)
 	if in.State != "ejected" || in.EjectedUntil == nil || !strings.Contains(in.Reason, "consecutive failures") {
 		t.Errorf("killed backend: state %q, reason %q, ejected until %v; want ejected for consecutive failures", in.State, in.Reason, in.EjectedUntil)
+	}
+	// The requests it failed were retried: counted as its retries, and
+	// none as the others'.
+	m := scrape(t)
+	if got := value(t, m, "caddy_load_balancer_retries_total", "instance", b3.URL); got < 1 || got > float64(in.Failures) {
+		t.Errorf("retries_total of the killed backend = %v, want 1 to its %d failures", got, in.Failures)
+	}
+	for _, b := range []*backend{b1, b2} {
+		if got := value(t, m, "caddy_load_balancer_retries_total", "instance", b.URL); got != 0 {
+			t.Errorf("retries_total of %s = %v, want 0", b.name, got)
+		}
 	}
 }
 
@@ -199,13 +141,9 @@ func TestUnhealthyStatusEjectsThenRecovers(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "flaky")
 	})
-	drainEvents()
 	s := newSite(t)
-	s.global = `
-	events {
-		on load_balancer.instance_ejected lbtest
-		on load_balancer.instance_healthy lbtest
-	}`
+	events, global := newEventLog(t, "load_balancer.instance_ejected", "load_balancer.instance_healthy")
+	s.global = global
 	s.load(fmt.Sprintf(`
 http://:{port} {
 	load_balancer {
@@ -227,13 +165,20 @@ http://:{port} {
 	if got500 != 2 {
 		t.Fatalf("%d answers were 500, want max_fails = 2", got500)
 	}
-	e := nextEvent(t)
+	e := events.nextEvent(t)
 	if e.Name() != "load_balancer.instance_ejected" || e.Data["instance"] != flaky.URL || e.Data["until"] == nil {
 		t.Fatalf("event %s %v, want load_balancer.instance_ejected of %s with until", e.Name(), e.Data, flaky.URL)
 	}
 	in := instanceOf(t, fetchReport(t), "status.test", flaky.URL)
 	if in.State != "ejected" || in.EjectedUntil == nil || !strings.Contains(in.Reason, "status 500") {
 		t.Fatalf("flaky backend: state %q, reason %q, until %v; want ejected for status 500", in.State, in.Reason, in.EjectedUntil)
+	}
+	m := scrape(t)
+	if got := value(t, m, "caddy_load_balancer_ejections_total", "instance", flaky.URL); got != 1 {
+		t.Errorf("ejections_total of the flaky backend = %v, want 1", got)
+	}
+	if got := value(t, m, "caddy_load_balancer_ejections_total", "instance", good.URL); got != 0 {
+		t.Errorf("ejections_total of the good backend = %v, want 0", got)
 	}
 
 	failing.Store(false)
@@ -245,7 +190,7 @@ http://:{port} {
 		}
 		return instanceOf(t, fetchReport(t), "status.test", flaky.URL).State == "healthy"
 	})
-	e = nextEvent(t)
+	e = events.nextEvent(t)
 	if e.Name() != "load_balancer.instance_healthy" || e.Data["reason"] != "trial request succeeded" {
 		t.Fatalf("event %s %v, want load_balancer.instance_healthy after the trial", e.Name(), e.Data)
 	}
@@ -351,13 +296,9 @@ func TestDrain(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, "b1")
 	})
-	drainEvents()
 	s := newSite(t)
-	s.global = `
-	events {
-		on load_balancer.instance_draining lbtest
-		on load_balancer.instance_drained lbtest
-	}`
+	events, global := newEventLog(t, "load_balancer.instance_draining", "load_balancer.instance_drained")
+	s.global = global
 	cfg := `
 http://:{port} {
 	load_balancer {
@@ -371,21 +312,18 @@ http://:{port} {
 	s.load(fmt.Sprintf(cfg, "10s", b1.URL, b2.URL))
 
 	// Three slow requests in flight on b1 (strategy first).
-	done := make(chan string, 3)
+	var done []<-chan answer
 	for range 3 {
-		go func() {
-			status, body := s.get("drain.test", "/slow")
-			done <- fmt.Sprintf("%d %s", status, body)
-		}()
+		done = append(done, s.getAsync("drain.test", "/slow"))
 	}
 	for range 3 {
-		<-arrived
+		recv(t, arrived, "a slow request at b1")
 	}
 	status, body := adminPost(t, report.DrainPath, fmt.Sprintf(`{"host":"drain.test","url":%q}`, b1.URL))
 	if status != http.StatusOK {
 		t.Fatalf("drain: %d %s", status, body)
 	}
-	if e := nextEvent(t); e.Name() != "load_balancer.instance_draining" {
+	if e := events.nextEvent(t); e.Name() != "load_balancer.instance_draining" {
 		t.Fatalf("event %s %v, want load_balancer.instance_draining", e.Name(), e.Data)
 	}
 	in := instanceOf(t, fetchReport(t), "drain.test", b1.URL)
@@ -407,12 +345,12 @@ http://:{port} {
 	}
 
 	release.open()
-	for range 3 {
-		if got := <-done; got != "200 b1" {
-			t.Errorf("request in flight during the drain: %s, want 200 b1", got)
+	for _, ch := range done {
+		if a := recv(t, ch, "a slow request's answer"); a.err != nil || a.status != 200 || a.body != "b1" {
+			t.Errorf("request in flight during the drain: %d %q %v, want 200 b1", a.status, a.body, a.err)
 		}
 	}
-	if e := nextEvent(t); e.Name() != "load_balancer.instance_drained" {
+	if e := events.nextEvent(t); e.Name() != "load_balancer.instance_drained" {
 		t.Fatalf("event %s, want load_balancer.instance_drained", e.Name())
 	}
 	if in := instanceOf(t, fetchReport(t), "drain.test", b1.URL); in.ActiveConnections != 0 {
@@ -570,69 +508,75 @@ http://:{port} {
 	}
 }
 
-// TestSlowStart: an instance that comes back ramps up its share of
-// round-robin traffic over slow_start, from a tenth of its weight.
+// TestSlowStart: an instance that comes in (back from failing its checks,
+// or added by a reload to an app that serves) starts at a tenth of its
+// weight and ramps up to all of it over slow_start; the instances of a
+// config that starts from nothing start at full weight.
 func TestSlowStart(t *testing.T) {
-	steady, cold := newBackend(t, "steady"), newBackend(t, "cold")
+	steady, cold, added := newBackend(t, "steady"), newBackend(t, "cold"), newBackend(t, "added")
 	cold.health.Store(503)
 	s := newSite(t)
-	s.load(fmt.Sprintf(`
+	cfg := func(slowStart string, instances ...string) string {
+		return fmt.Sprintf(`
 http://:{port} {
 	load_balancer {
 		app ramp.test {
 			health_uri /health
 			health_check_cooldown 20ms
-			slow_start 3s
-			instances %s %s
+			slow_start %s
+			instances %s
 		}
 	}
-}`, steady.URL, cold.URL))
+}`, slowStart, strings.Join(instances, " "))
+	}
+	// A long ramp, so that its first step (a tenth) lasts: round robin
+	// then gives the cold instance exactly 1 request in 11.
+	s.load(cfg("1h", steady.URL, cold.URL))
 	waitFor(t, "the cold backend unhealthy", func() bool {
 		return instanceOf(t, fetchReport(t), "ramp.test", cold.URL).State == "unhealthy"
 	})
+	if in := instanceOf(t, fetchReport(t), "ramp.test", steady.URL); in.State != "healthy" || in.EffectiveWeight != 1 || in.Weight != 1 {
+		t.Fatalf("an instance of a new config: %q, weight %d, effective %v; want healthy at full weight", in.State, in.Weight, in.EffectiveWeight)
+	}
 	cold.health.Store(0)
 	waitFor(t, "the cold backend starting", func() bool {
 		return instanceOf(t, fetchReport(t), "ramp.test", cold.URL).State == "starting"
 	})
+	in := instanceOf(t, fetchReport(t), "ramp.test", cold.URL)
+	if in.EffectiveWeight != 0.1 || in.Weight != 1 || in.Since == nil || time.Since(*in.Since) < 0 {
+		t.Fatalf("the instance back in: weight %d, effective %v, since %v; want 1, 0.1 and a time", in.Weight, in.EffectiveWeight, in.Since)
+	}
+	counts := map[string]int{}
+	for range 110 {
+		_, body := s.get("ramp.test", "/")
+		counts[body]++
+	}
+	if counts["cold"] != 10 || counts["steady"] != 100 {
+		t.Errorf("110 round-robin requests at a tenth of the weight: %v, want cold 10, steady 100", counts)
+	}
 
-	// The cold backend's share of each window of 50 requests, until the
-	// ramp ends.
-	var shares []float64
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for ctx.Err() == nil && len(shares) < 400 {
-		n := 0
-		for range 50 {
-			if _, body := s.get("ramp.test", "/"); body == "cold" {
-				n++
-			}
-		}
-		shares = append(shares, float64(n)/50)
-		if instanceOf(t, fetchReport(t), "ramp.test", cold.URL).State == "healthy" {
-			break
-		}
-	}
-	if len(shares) < 3 {
-		t.Fatalf("the ramp ended after %d windows of 50 requests; too few to see it", len(shares))
-	}
-	t.Logf("cold backend's share per window of 50 requests during slow start: %v", shares)
-	// At the start it has a tenth of the other's weight (1/11 of the
-	// traffic); at the end as much (1/2). The first window is at the low
-	// end, the last well above it.
-	if first := shares[0]; first > 0.25 {
-		t.Errorf("first window: share %.2f, want at most 0.25 (about 1/11)", first)
-	}
-	if last := shares[len(shares)-1]; last <= shares[0] {
-		t.Errorf("last window: share %.2f, not above the first's %.2f", last, shares[0])
-	}
-	after := 0
+	// A reload that adds an instance to the app: it ramps too.
+	// (Its settings apply once the config runs, a moment after the load.)
+	s.load(cfg("1h", steady.URL, cold.URL, added.URL))
+	waitFor(t, "the added instance starting at a tenth of its weight", func() bool {
+		in := instanceOf(t, fetchReport(t), "ramp.test", added.URL)
+		return in.State == "starting" && in.EffectiveWeight == 0.1
+	})
+
+	// A reload to a short ramp: the ramp follows it to its end, at full
+	// weight, healthy, with an even share.
+	s.load(cfg("500ms", steady.URL, cold.URL))
+	waitFor(t, "the ramp to end", func() bool {
+		in := instanceOf(t, fetchReport(t), "ramp.test", cold.URL)
+		return in.State == "healthy" && in.EffectiveWeight == 1
+	})
+	clear(counts)
 	for range 50 {
-		if _, body := s.get("ramp.test", "/"); body == "cold" {
-			after++
-		}
+		_, body := s.get("ramp.test", "/")
+		counts[body]++
 	}
-	if after != 25 {
-		t.Errorf("after the ramp: %d of 50 round-robin requests, want 25", after)
+	if counts["cold"] != 25 {
+		t.Errorf("after the ramp: %v of 50 round-robin requests, want 25 each", counts)
 	}
 }
 

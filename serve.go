@@ -37,7 +37,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 
 	var body *retryBody
 	if retries && r.Body != nil && r.Body != http.NoBody {
-		body = newRetryBody(r.Body, idempotent(r.Method))
+		body = newRetryBody(r.Body, idempotent(r))
 		defer func(orig io.ReadCloser) { r.Body = orig }(r.Body)
 	}
 	var tried [MaxRetries + 1]*backend.Instance
@@ -170,7 +170,7 @@ func retryable(r *http.Request, status int, err error, body *retryBody) bool {
 	if notSent(err) {
 		return body.rewind(false)
 	}
-	return idempotent(r.Method) && body.rewind(true)
+	return idempotent(r) && body.rewind(true)
 }
 
 // notSent reports whether err says no byte of the request reached the
@@ -182,14 +182,18 @@ func notSent(err error) bool {
 	return upstream.NotSent(err)
 }
 
-// idempotent reports whether a request with this method may be sent twice
-// with the same effect as once (RFC 9110, 9.2.2).
-func idempotent(method string) bool {
-	switch method {
+// idempotent reports whether r may be sent twice with the same effect as
+// once: its method is idempotent (RFC 9110, 9.2.2), or it carries an
+// Idempotency-Key (or X-Idempotency-Key) header, as http.Transport also
+// takes it.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}
-	return false
+	_, key := r.Header["Idempotency-Key"]
+	_, xkey := r.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 // maxReplayBody is the largest request body kept to be sent again.

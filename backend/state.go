@@ -109,6 +109,10 @@ type state struct {
 	configured    bool // Configure has run
 }
 
+// afterFunc schedules the ejection and slow start timers; tests replace
+// it to run what a timer would, when they choose.
+var afterFunc = time.AfterFunc
+
 // NewWithPolicy returns an instance of the given weight for the backend
 // at u, following policy p from now (Now's time base). It starts healthy,
 // or unhealthy if p says so.
@@ -132,12 +136,14 @@ func NewWithPolicy(u *url.URL, weight int, p *Policy, now int64) *Instance {
 func (in *Instance) Configure(weight int, p *Policy, now int64) (first bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	in.policy.Store(p)
+	old := in.policy.Swap(p)
 	first = !in.st.configured
 	in.st.configured = true
 	changed := in.weight.Swap(int64(max(weight, 0))) != int64(max(weight, 0))
-	if in.st.rampStart >= 0 && p.SlowStart <= 0 {
-		in.stopRampLocked()
+	if in.st.rampStart >= 0 && p.SlowStart != old.SlowStart {
+		// A ramp under way follows the new slow_start (or ends, without
+		// one) from where it stands.
+		in.stepRampLocked(now)
 		changed = true
 	}
 	if changed {
@@ -366,7 +372,7 @@ func (in *Instance) ejectLocked(now int64, p *Policy, reason string) Change {
 			in.st.ejectTimer.Stop()
 		}
 		until := in.st.ejectedUntil
-		in.st.ejectTimer = time.AfterFunc(d, func() { in.openTrial(until) })
+		in.st.ejectTimer = afterFunc(d, func() { in.openTrial(until) })
 	}
 	return Change{Event: EventEjected, Reason: reason, Until: wallTime(in.st.ejectedUntil)}
 }
@@ -440,6 +446,10 @@ func (in *Instance) stopRampLocked() {
 func (in *Instance) StepRamp(now int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	in.stepRampLocked(now)
+}
+
+func (in *Instance) stepRampLocked(now int64) {
 	if in.st.rampStart < 0 || in.st.closed {
 		return
 	}
@@ -469,7 +479,7 @@ func (in *Instance) scheduleRampLocked(d time.Duration) {
 	if in.st.rampTimer != nil {
 		in.st.rampTimer.Stop()
 	}
-	in.st.rampTimer = time.AfterFunc(max(d, time.Millisecond), func() { in.StepRamp(Now()) })
+	in.st.rampTimer = afterFunc(max(d, time.Millisecond), func() { in.StepRamp(Now()) })
 }
 
 // SetDraining drains the instance (no new requests; those in flight

@@ -1024,6 +1024,25 @@ func TestSlowStartStarts(t *testing.T) {
 			t.Errorf("step %d, state %q", step(in), in.Status().State)
 		}
 	})
+	t.Run("a reload's slow_start applies to a ramp under way", func(t *testing.T) {
+		in, _ := newTest(t, 2, pol)
+		in.StartSlowStart(t0)
+		in.StepRamp(t0 + int64(slowStart)/9) // step 2
+		shorter := *pol
+		shorter.SlowStart = slowStart / 2
+		in.Configure(2, &shorter, t0+int64(slowStart)/4) // half way through the shorter one
+		if step(in) != 5 {
+			t.Errorf("after a reload halving slow_start: step %d, want 5", step(in))
+		}
+		in.Configure(2, &shorter, t0+int64(slowStart)/2)
+		if step(in) != 5 { // unchanged settings move nothing; the timer does
+			t.Errorf("after a reload with the same settings: step %d, want 5", step(in))
+		}
+		in.StepRamp(t0 + int64(slowStart)/2)
+		if step(in) != rampSteps || in.Status().State != StateHealthy {
+			t.Errorf("the shorter ramp over: step %d, state %q", step(in), in.Status().State)
+		}
+	})
 	t.Run("not while ejected", func(t *testing.T) {
 		in, _ := newTest(t, 2, pol)
 		eject(t, in, t0)
@@ -1320,5 +1339,74 @@ func TestConcurrentTransitions(t *testing.T) {
 	}
 	if got := p.Available(); !slices.Equal(got, ins) || p.Panicking() {
 		t.Errorf("Available() = %v, panicking %v; want all, not in panic", got, p.Panicking())
+	}
+}
+
+// timers replaces the timers of the instances for the test: each
+// scheduled function is recorded, for the test to run as the timer would.
+type timers struct {
+	mu    sync.Mutex
+	funcs []scheduled
+}
+
+type scheduled struct {
+	d time.Duration
+	f func()
+}
+
+func fakeTimers(t *testing.T) *timers {
+	tm := new(timers)
+	prev := afterFunc
+	afterFunc = func(d time.Duration, f func()) *time.Timer {
+		tm.mu.Lock()
+		tm.funcs = append(tm.funcs, scheduled{d, f})
+		tm.mu.Unlock()
+		timer := time.NewTimer(time.Hour)
+		timer.Stop()
+		return timer
+	}
+	t.Cleanup(func() { afterFunc = prev })
+	return tm
+}
+
+// last returns the function scheduled last, and its delay.
+func (tm *timers) last(t *testing.T) scheduled {
+	t.Helper()
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	if len(tm.funcs) == 0 {
+		t.Fatal("no timer scheduled")
+	}
+	return tm.funcs[len(tm.funcs)-1]
+}
+
+// TestTimersDoTheirJob: what the ejection timer runs when it fires opens
+// the trial, and what the slow start timer runs moves the ramp on.
+func TestTimersDoTheirJob(t *testing.T) {
+	tm := fakeTimers(t)
+	in, _ := newTest(t, 1, passive(1))
+	eject(t, in, Now())
+	fire := tm.last(t)
+	if fire.d != failDuration {
+		t.Errorf("ejection timer set for %v, want fail_duration %v", fire.d, failDuration)
+	}
+	if ok, _ := in.Admit(false); ok {
+		t.Fatal("admitted before the ejection timer fired")
+	}
+	fire.f()
+	if ok, trial := in.Admit(false); !ok || !trial {
+		t.Errorf("after the ejection timer fired: Admit = %v, %v; want the trial", ok, trial)
+	}
+
+	// A ramp of 1ns is over whenever its timer fires: the step it then
+	// moves to is the last.
+	ramping, _ := newTest(t, 1, &Policy{SlowStart: time.Nanosecond})
+	ramping.StartSlowStart(Now())
+	if st := ramping.Status(); st.State != StateStarting {
+		t.Fatalf("slow start not started: %q", st.State)
+	}
+	tm.last(t).f()
+	if st := ramping.Status(); st.State != StateHealthy || st.EffectiveWeight != 1 {
+		t.Errorf("after the slow start timer: %q at %v, want healthy at full weight", st.State, st.EffectiveWeight)
 	}
 }

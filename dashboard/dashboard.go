@@ -33,7 +33,6 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -63,10 +62,7 @@ func init() {
 // request it gets and never calls the next handler.
 type Handler struct {
 	// Shows drain and undrain buttons on the page and accepts drain and
-	// undrain requests. Off by default: the dashboard is read-only. It
-	// takes effect only if the load balancer can drain instances at
-	// runtime (it registers with the report package when linked in);
-	// without it the buttons stay hidden and requests get 501.
+	// undrain requests. Off by default: the dashboard is read-only.
 	AllowDrain bool `json:"allow_drain,omitempty"`
 }
 
@@ -76,14 +72,6 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 		ID:  "http.handlers.load_balancer_dashboard",
 		New: func() caddy.Module { return new(Handler) },
 	}
-}
-
-// Provision warns when allow_drain is set but cannot take effect.
-func (h *Handler) Provision(ctx caddy.Context) error {
-	if h.AllowDrain && !report.DrainAvailable() {
-		ctx.Logger().Warn("allow_drain is set, but this build of the load balancer cannot drain instances at runtime: the dashboard stays read-only")
-	}
-	return nil
 }
 
 // ServeHTTP serves the page, the report or a drain request, by the last
@@ -167,7 +155,7 @@ func serveReport(w http.ResponseWriter, r *http.Request, allowDrain bool) {
 		return
 	}
 	rep := report.Current()
-	rep.DrainAvailable = allowDrain && report.DrainAvailable()
+	rep.DrainAvailable = allowDrain
 	writeJSON(w, http.StatusOK, rep)
 }
 
@@ -190,30 +178,20 @@ func (h *Handler) serveDrain(w http.ResponseWriter, r *http.Request, drain bool)
 		writeError(w, http.StatusForbidden, "the dashboard is read-only: set allow_drain to drain instances from it")
 		return
 	}
-	if !report.DrainAvailable() {
-		writeError(w, http.StatusNotImplemented, report.ErrNoDrainer.Error())
-		return
-	}
 	req, status, err := report.DecodeDrainRequest(w, r)
 	if err != nil {
 		writeError(w, status, err.Error())
 		return
 	}
-	err = report.Drain(req.Host, req.URL, drain)
-	switch {
-	case err == nil:
-		writeJSON(w, http.StatusOK, struct {
-			Host     string `json:"host"`
-			URL      string `json:"url"`
-			Draining bool   `json:"draining"`
-		}{req.Host, req.URL, drain})
-	case errors.Is(err, report.ErrNoDrainer):
-		writeError(w, http.StatusNotImplemented, err.Error())
-	case errors.Is(err, report.ErrUnknownInstance):
+	if err := report.Drain(req.Host, req.URL, drain); err != nil {
 		writeError(w, http.StatusNotFound, err.Error())
-	default:
-		writeError(w, http.StatusConflict, err.Error())
+		return
 	}
+	writeJSON(w, http.StatusOK, struct {
+		Host     string `json:"host"`
+		URL      string `json:"url"`
+		Draining bool   `json:"draining"`
+	}{req.Host, req.URL, drain})
 }
 
 // allowMethods answers 405 and returns false if r's method is not one of
@@ -250,7 +228,6 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )

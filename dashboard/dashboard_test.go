@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -151,21 +150,28 @@ func TestPagePolicyHashes(t *testing.T) {
 	}
 }
 
-// fakeDrainer records calls and answers with err.
-type fakeDrainer struct {
-	calls []string
-	err   error
+// fakeSource is a load balancer with one app, api.example.com (and a
+// catch-all), whose instances are whatever URL it is asked to drain: it
+// records the calls.
+type fakeSource struct {
+	calls   []string
+	unknown bool // it has no such instance
 }
 
-func (f *fakeDrainer) drain(host, url string, drain bool) error {
+func (f *fakeSource) ReportApps() []report.App { return []report.App{{Host: "api.example.com"}} }
+
+func (f *fakeSource) Drain(host, url string, drain bool) (apps, instances int) {
 	f.calls = append(f.calls, fmt.Sprintf("%s %s %v", host, url, drain))
-	return f.err
+	if f.unknown {
+		return 1, 0
+	}
+	return 1, 1
 }
 
-// setDrainer registers f for the test; nil removes any.
-func setDrainer(t *testing.T, f report.DrainFunc) {
-	prev := report.SetDrainer(f)
-	t.Cleanup(func() { report.SetDrainer(prev) })
+// register adds f to the report for the test. Outside a running Caddy
+// config, sources registered with a plain context are the running ones.
+func (f *fakeSource) register(t *testing.T) {
+	t.Cleanup(report.Register(context.Background(), f))
 }
 
 func TestDrain(t *testing.T) {
@@ -174,8 +180,7 @@ func TestDrain(t *testing.T) {
 	tests := []struct {
 		name       string
 		allow      bool
-		noDrainer  bool
-		drainErr   error
+		unknown    bool // the load balancer has no such instance
 		path       string
 		header     map[string]string
 		body       string
@@ -189,7 +194,6 @@ func TestDrain(t *testing.T) {
 		{name: "not a browser: no Origin, no Sec-Fetch-Site", allow: true, path: "/lb/drain", body: good, status: 200, wantCall: "api.example.com http://127.0.0.1:9001 true"},
 		{name: "Origin only, same host", allow: true, path: "/lb/drain", header: map[string]string{"Origin": "http://lb.example"}, body: good, status: 200, wantCall: "api.example.com http://127.0.0.1:9001 true"},
 		{name: "read-only", path: "/lb/drain", header: sameOrigin, body: good, status: 403, wantErrMsg: "allow_drain"},
-		{name: "no drainer", allow: true, noDrainer: true, path: "/lb/drain", header: sameOrigin, body: good, status: 501, wantErrMsg: "not available"},
 		{name: "cross-site", allow: true, path: "/lb/drain", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}, body: good, status: 403, wantErrMsg: "cross-origin"},
 		{name: "same-site", allow: true, path: "/lb/drain", header: map[string]string{"Sec-Fetch-Site": "same-site", "Origin": "http://x.lb.example"}, body: good, status: 403, wantErrMsg: "cross-origin"},
 		{name: "foreign Origin, no Sec-Fetch-Site", allow: true, path: "/lb/undrain", header: map[string]string{"Origin": "http://evil.example"}, body: good, status: 403, wantErrMsg: "cross-origin"},
@@ -198,17 +202,12 @@ func TestDrain(t *testing.T) {
 		{name: "unknown field", allow: true, path: "/lb/drain", header: sameOrigin, body: `{"url":"http://a","weight":0}`, status: 400},
 		{name: "no url", allow: true, path: "/lb/drain", header: sameOrigin, body: `{"host":"a"}`, status: 400, wantErrMsg: `"url" is missing`},
 		{name: "body too large", allow: true, path: "/lb/drain", header: sameOrigin, body: `{"url":"` + strings.Repeat("a", maxDrainBody) + `"}`, status: 400},
-		{name: "unknown instance", allow: true, drainErr: fmt.Errorf("app %q: %w", "a", report.ErrUnknownInstance), path: "/lb/drain", header: sameOrigin, body: good, status: 404, wantCall: "api.example.com http://127.0.0.1:9001 true", wantErrMsg: "no such instance"},
-		{name: "drainer refuses", allow: true, drainErr: errors.New("last available instance"), path: "/lb/drain", header: sameOrigin, body: good, status: 409, wantCall: "api.example.com http://127.0.0.1:9001 true", wantErrMsg: "last available"},
+		{name: "unknown instance", allow: true, unknown: true, path: "/lb/drain", header: sameOrigin, body: good, status: 404, wantCall: "api.example.com http://127.0.0.1:9001 true", wantErrMsg: "no such instance"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fake := &fakeDrainer{err: tt.drainErr}
-			if tt.noDrainer {
-				setDrainer(t, nil)
-			} else {
-				setDrainer(t, fake.drain)
-			}
+			fake := &fakeSource{unknown: tt.unknown}
+			fake.register(t)
 			r := httptest.NewRequest("POST", "http://lb.example"+tt.path, strings.NewReader(tt.body))
 			r.Header.Set("Content-Type", "application/json")
 			for k, v := range tt.header {
@@ -238,22 +237,10 @@ func TestDrain(t *testing.T) {
 }
 
 func TestReportDrainAvailable(t *testing.T) {
-	fake := &fakeDrainer{}
-	tests := []struct {
-		name    string
-		allow   bool
-		drainer report.DrainFunc
-		want    bool
-	}{
-		{"read-only, no drainer", false, nil, false},
-		{"read-only, drainer", false, fake.drain, false},
-		{"allow_drain, no drainer", true, nil, false},
-		{"allow_drain, drainer", true, fake.drain, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			setDrainer(t, tt.drainer)
-			w := serve(t, &Handler{AllowDrain: tt.allow}, httptest.NewRequest("GET", "/lb/report.json", nil))
+	(&fakeSource{}).register(t)
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_drain %v", allow), func(t *testing.T) {
+			w := serve(t, &Handler{AllowDrain: allow}, httptest.NewRequest("GET", "/lb/report.json", nil))
 			if w.Code != 200 {
 				t.Fatalf("status %d: %s", w.Code, w.Body)
 			}
@@ -264,11 +251,11 @@ func TestReportDrainAvailable(t *testing.T) {
 			if err := json.Unmarshal(w.Body.Bytes(), &rep); err != nil {
 				t.Fatal(err)
 			}
-			if rep.Apps == nil {
-				t.Errorf("report %s has no apps list", w.Body)
+			if len(rep.Apps) != 1 {
+				t.Errorf("report %s does not have the load balancer's app", w.Body)
 			}
-			if got := rep.DrainAvailable != nil && *rep.DrainAvailable; got != tt.want {
-				t.Errorf("drain_available %v, want %v (body %s)", got, tt.want, w.Body)
+			if got := rep.DrainAvailable != nil && *rep.DrainAvailable; got != allow {
+				t.Errorf("drain_available %v, want %v (body %s)", got, allow, w.Body)
 			}
 			if rep.DrainAvailable != nil && !*rep.DrainAvailable {
 				t.Errorf("drain_available false is written out; want it omitted: %s", w.Body)

@@ -104,6 +104,14 @@ func (m *Monitor) Run(spec *Spec) {
 	m.timer = time.AfterFunc(rand.N(spread+1), m.round)
 }
 
+// Running reports whether the monitor is probing: Run was called, and
+// Stop was not.
+func (m *Monitor) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.started && !m.stopped
+}
+
 // Stop stops probing, cuts a probe under way short, and returns once it
 // has ended. The monitor cannot be restarted.
 func (m *Monitor) Stop() {

@@ -33,8 +33,7 @@ type Report struct {
 	// DrainAvailable says that whoever serves this document also takes
 	// drain and undrain requests for the instances it lists. Current
 	// leaves it false; the dashboard's report.json sets it when its
-	// allow_drain option is on and a drainer is registered (see
-	// SetDrainer), and shows its drain buttons only then.
+	// allow_drain option is on, and shows its drain buttons only then.
 	DrainAvailable bool `json:"drain_available,omitempty"`
 }
 
@@ -97,9 +96,16 @@ type Instance struct {
 	LatencyP99Ms *float64 `json:"latency_p99_ms,omitempty"`
 }
 
-// Source is a live load balancer that can describe its apps.
+// Source is a live load balancer: it describes its apps, and drains their
+// instances at runtime.
 type Source interface {
 	ReportApps() []App
+
+	// Drain drains (drain true) or undrains the instance url of the
+	// source's apps that serve host, as Drain (the function) names them,
+	// and returns how many of its apps serve host and how many instances
+	// it drained or undrained.
+	Drain(host, url string, drain bool) (apps, instances int)
 }
 
 type entry struct {

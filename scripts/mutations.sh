@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Puts small deliberate bugs ("mutations") into the production code, one at
+# a time, and checks that the tests meant to catch each one fail. Each row
+# names the file, the exact text to replace (found exactly once), what to
+# replace it with, the package and the -run pattern of the tests that must
+# fail. The file is restored after each row, whatever happens.
+#
+#   scripts/mutations.sh            # every row
+#   scripts/mutations.sh 3 5        # rows 3 and 5 only
+#
+# Exit status 0 when every mutation was caught. Needs bash, perl and Go;
+# about 2 minutes on 2 cores. See docs/development.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Rows of five: file, text, replacement, package, tests.
+mutations=(
+	serve.go 'return idempotent(r) && body.rewind(true)' 'return body.rewind(true)' . '^TestRetryRules$'
+	serve.go 'return key || xkey' 'return false' . '^TestRetryRules$'
+	proxy.go 'pw.observeAtLeast(a.timeout)' 'pw.observeAtLeast(0)' . '^TestLeastLatencyAvoidsBrokenInstance$'
+	options.go 'DefaultRetryBudgetPercent = 20' 'DefaultRetryBudgetPercent = 10' . '^TestRetryBudget$'
+	backend/state.go 'afterFunc(d, func() { in.openTrial(until) })' 'afterFunc(d, func() {})' ./backend '^TestTimersDoTheirJob$'
+	module.go 'if serving {' 'if false && serving {' . '^TestSlowStart$'
+	module.go 'LastError:           st.LastError,' 'LastError: "",' . '^TestReport$'
+	proxy.go 'w.final(http.StatusSwitchingProtocols)' 'w.started = true' . '^TestUpgradeIsASuccess$'
+	proxy.go 'case status == StatusClientClosedRequest || errors.Is(pw.err, upstream.ErrRequestBody):' 'case status == StatusClientClosedRequest:' . '^TestClientBodyErrorsAreTheClients$'
+	proxy.go 'cutShort := !completed &&' 'cutShort := false &&' . '^TestResponseCutShortIsAFailure$'
+	backend/instance.go 'c.RawQuery = redactQuery(u.RawQuery)' 'c.RawQuery = u.RawQuery' ./backend '^TestRedact$'
+	proxy.go 'if w.cookie != "" {' 'if false {' . '^TestStickyCookieOnlyOnTheFinalResponse$'
+)
+
+selected=" $* "
+failed=0
+backup=$(mktemp)
+restore=
+trap '[ -n "$restore" ] && cp "$backup" "$restore"; rm -f "$backup"' EXIT
+for ((i = 0; i < ${#mutations[@]}; i += 5)); do
+	n=$((i / 5 + 1))
+	if [ "$selected" != "  " ] && [[ "$selected" != *" $n "* ]]; then
+		continue
+	fi
+	file=${mutations[i]} text=${mutations[i + 1]} repl=${mutations[i + 2]} pkg=${mutations[i + 3]} tests=${mutations[i + 4]}
+	cp "$file" "$backup"
+	restore=$file
+	if ! TEXT=$text REPL=$repl perl -0pi -e '$n = s/\Q$ENV{TEXT}\E/$ENV{REPL}/g; END { exit($n == 1 ? 0 : 1) }' "$file"; then
+		echo "row $n: $file does not contain exactly once: $text"
+		failed=1
+	elif go test -count=1 -run "$tests" "$pkg" >/dev/null 2>&1; then
+		echo "row $n: NOT CAUGHT: $file: $text -> $repl ($pkg $tests)"
+		failed=1
+	else
+		echo "row $n: caught: $file: $text -> $repl ($tests)"
+	fi
+	cp "$backup" "$file"
+	restore=
+done
+exit $failed
