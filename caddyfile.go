@@ -4,15 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
-	"github.com/golb/caddy-lb/backend"
-	"github.com/golb/caddy-lb/strategy"
+	"github.com/golb/caddy-lb/internal/jsonfields"
 )
 
 func init() {
@@ -29,42 +31,10 @@ func init() {
 //
 //	load_balancer [<matcher>] {
 //	    app <host> {
-//	        strategy              <name>
-//	        hash_key              client_ip|header:<name>|cookie:<name>|query:<name>|uri
-//	        latency_decay         <duration>
-//	        sticky_cookie         <name>
-//	        sticky_cookie_secret  <secret>
-//	        timeout               <duration>
-//	        instances             <urls...>
-//	        instance              <url> [weight <n>]
-//
-//	        # active health checks
-//	        health_uri            <path>
-//	        health_check_cooldown <duration>
-//	        health_method         <method>
-//	        health_headers {
-//	            <name> <values...>
-//	        }
-//	        health_port           <port>
-//	        health_status         <code|class...>
-//	        health_body           <regexp>
-//	        health_passes         <n>
-//	        health_fails          <n>
-//	        initially_unhealthy
-//
-//	        # passive health checks
-//	        max_fails             <n>
-//	        unhealthy_status      <code|class...>
-//	        fail_duration         <duration>
-//	        max_fail_duration     <duration>
-//	        max_ejected_percent   <percent>
-//	        panic_threshold       <percent>
-//	        slow_start            <duration>
-//
-//	        # retries
-//	        retries               <n>
-//	        try_duration          <duration>
-//	        retry_budget_percent  <percent>
+//	        instances <urls...>
+//	        instance  <url> [weight <n>]
+//	        <option>  <value...>
+//	        ...
 //	    }
 //	    app ...
 //	}
@@ -78,23 +48,22 @@ func init() {
 // <host> is a host name, a one-label wildcard (*.example.com) or * for
 // every host no other app claims. instances and instance may be repeated:
 // each line adds to the app's instances, in the order of the lines;
-// instance gives one URL and optionally its weight. Every other option may
-// be given once per app. The two forms do not mix: once there is an app
-// block, instances and options go in app blocks only.
+// instance gives one URL and optionally its weight. The two forms do not
+// mix: once there is an app block, instances and options go in app blocks
+// only.
 //
-// The options are those of App, under their JSON names. Statuses are codes
-// (503) or classes (5xx). Each line of health_headers is a header name
-// (Host sets the Host header) and one or more values; names are
-// canonicalized (x-probe is X-Probe), and lines with the same name add
-// values. initially_unhealthy takes no argument. max_fails and retries
-// may be 0 (off), and so may slow_start and try_duration; percentages go
-// from 0 to 100; the other counts and durations must be above 0. The
-// options of active health checks from health_method to
-// initially_unhealthy need health_uri.
+// The options are the fields of App (those of its groups included) under
+// their JSON names, each given once: a string, an integer or a duration
+// ("10s", "1m30s", "1d") as its one argument; statuses (health_status,
+// unhealthy_status) as one or more arguments, codes (503) or classes
+// (5xx); initially_unhealthy with no argument; health_headers as a block
+// with a line per header, a name (Host sets the Host header) and one or
+// more values (names are canonicalized, so x-probe is X-Probe, and lines
+// with the same name add values).
 //
-// Instance URLs are kept as written; Provision normalizes them. Everything
-// Provision would reject is rejected here too, so that the error points at
-// the Caddyfile line at fault.
+// The parser reads the syntax; the values are checked where the JSON
+// config's are (App.provision), and an error points at the Caddyfile line
+// of the option at fault.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.Next() { // the directive name
 		return d.ArgErr()
@@ -119,53 +88,19 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 	return lb, nil
 }
 
-// appOptions sets an app's single-valued options from their one argument.
-// instances and instance are handled apart: they take more arguments and
-// may repeat; so are the options of listOptions, initially_unhealthy and
-// health_headers.
-var appOptions = map[string]func(app *App, arg string) error{
-	"strategy":              setStrategy,
-	"health_uri":            setHealthURI,
-	"timeout":               setTimeout,
-	"health_check_cooldown": setHealthCheckCooldown,
-	"hash_key":              setHashKey,
-	"latency_decay":         setLatencyDecay,
-	"sticky_cookie":         setStickyCookie,
-	"sticky_cookie_secret":  setStickyCookieSecret,
-	"health_method":         setHealthMethod,
-	"health_port":           setHealthPort,
-	"health_body":           setHealthBody,
-	"health_passes":         setHealthPasses,
-	"health_fails":          setHealthFails,
-	"max_fails":             setMaxFails,
-	"fail_duration":         setFailDuration,
-	"max_fail_duration":     setMaxFailDuration,
-	"max_ejected_percent":   setMaxEjectedPercent,
-	"panic_threshold":       setPanicThreshold,
-	"retries":               setRetries,
-	"try_duration":          setTryDuration,
-	"retry_budget_percent":  setRetryBudgetPercent,
-	"slow_start":            setSlowStart,
+// appFields are the options an app block takes: the fields of App by their
+// JSON names, all but host (an app block's argument); instance lines add
+// to instances.
+var appFields = jsonfields.Of(reflect.TypeFor[App]())
+
+// appOptionNames lists the options of an app, for error messages.
+var appOptionNames = strings.Join(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return n == "host" }), "instance"), ", ")
+
+// isAppOption reports whether name is an option of an app block.
+func isAppOption(name string) bool {
+	_, ok := appFields.ByName[name]
+	return (ok && name != "host") || name == "instance"
 }
-
-// listOptions set an app's options that take one or more arguments, once.
-var listOptions = map[string]func(app *App, args []string) error{
-	"health_status":    setHealthStatus,
-	"unhealthy_status": setUnhealthyStatus,
-}
-
-// The options that take no arguments, and the one that takes a block.
-const (
-	optInitiallyUnhealthy = "initially_unhealthy"
-	optHealthHeaders      = "health_headers"
-)
-
-// appOptionNames lists the options of an app for error messages.
-const appOptionNames = "strategy, health_uri, timeout, health_check_cooldown, instances, instance, " +
-	"hash_key, latency_decay, sticky_cookie, sticky_cookie_secret, " +
-	"health_method, health_headers, health_port, health_status, health_body, health_passes, health_fails, initially_unhealthy, " +
-	"max_fails, unhealthy_status, fail_duration, max_fail_duration, max_ejected_percent, panic_threshold, " +
-	"retries, try_duration, retry_budget_percent, slow_start"
 
 // caddyfileParser reads one load_balancer directive.
 type caddyfileParser struct {
@@ -185,9 +120,11 @@ type caddyfileParser struct {
 // appParser is an app while its options are read.
 type appParser struct {
 	app  *App
-	name string                     // for messages, as Provision names it: the host, or "*"
-	tok  caddyfile.Token            // where the app begins, for errors found only at its end
-	seen map[string]caddyfile.Token // single-valued options given so far, at their lines
+	name string          // for messages, as Provision names it: the host, or "*"
+	tok  caddyfile.Token // where the app begins, for errors found only at its end
+	// The lines of the options given so far, by field path (as a
+	// fieldError names it: "timeout", "instances[2].weight").
+	seen map[string]caddyfile.Token
 }
 
 // parse reads the directive's arguments and block.
@@ -195,9 +132,7 @@ func (p *caddyfileParser) parse() error {
 	d := p.d
 	if urls := d.RemainingArgs(); len(urls) > 0 {
 		p.startCatchAll("instances given as arguments of load_balancer")
-		if err := p.addInstances(p.catchAll, urls); err != nil {
-			return err
-		}
+		p.addInstances(p.catchAll, urls)
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); {
@@ -271,9 +206,7 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 		if len(args) == 0 {
 			return p.errf(a, "instances: want one or more URLs")
 		}
-		if err := p.addInstances(a, args); err != nil {
-			return err
-		}
+		p.addInstances(a, args)
 	case "instance":
 		if err := p.addInstance(a, args); err != nil {
 			return err
@@ -283,81 +216,110 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 			return p.errf(a, "%s already specified", opt)
 		}
 		a.seen[opt] = d.Token()
-		switch set := listOptions[opt]; {
-		case opt == optHealthHeaders:
-			return p.parseHealthHeaders(a, args)
-		case opt == optInitiallyUnhealthy:
-			if len(args) != 0 {
-				return p.errf(a, "%s: want no arguments, got %s", opt, countArgs(args))
-			}
-			a.app.InitiallyUnhealthy = true
-		case set != nil:
-			if len(args) == 0 {
-				return p.errf(a, "%s: want one or more statuses (codes such as 503, or classes such as 5xx), got none", opt)
-			}
-			if err := set(a.app, args); err != nil {
-				return p.errf(a, "%s: %w", opt, err)
-			}
-		default:
-			if len(args) != 1 {
-				return p.errf(a, "%s: want 1 argument, got %s", opt, countArgs(args))
-			}
-			if err := appOptions[opt](a.app, args[0]); err != nil {
-				return p.errf(a, "%s: %w", opt, err)
-			}
+		field := reflect.ValueOf(a.app).Elem().FieldByIndex(appFields.ByName[opt].Index)
+		if field.Type() == reflect.TypeFor[http.Header]() {
+			return p.parseHeaders(a, opt, args, field)
+		}
+		if err := setOption(field, args); err != nil {
+			return p.errf(a, "%s: %w", opt, err)
 		}
 	}
 	// Without this, a block after an option would be read as more options
 	// of the app, and fail with a puzzling message about "{".
 	if d.NextBlock(d.Nesting()) {
 		d.Prev() // back to the "{", on the option's line
-		return p.errf(a, "%s: unexpected block: only %s takes one", opt, optHealthHeaders)
+		return p.errf(a, "%s: unexpected block: only a header option takes one", opt)
 	}
 	return nil
 }
 
-// parseHealthHeaders reads the block of health_headers, as reverse_proxy's:
-// each line a header name and its values; the cursor is on the option's
-// last token. Names are canonicalized, so that lines naming one header in
-// different cases add to it.
-func (p *caddyfileParser) parseHealthHeaders(a *appParser, args []string) error {
+// setOption sets field, an option of App, from the arguments of its line:
+// the syntax its type takes, not the range of its values.
+func setOption(field reflect.Value, args []string) error {
+	switch t := field.Type(); {
+	case t.Kind() == reflect.Bool:
+		if len(args) != 0 {
+			return fmt.Errorf("want no arguments, got %s", countArgs(args))
+		}
+		field.SetBool(true)
+		return nil
+	case t == reflect.TypeFor[Statuses]():
+		if len(args) == 0 {
+			return errors.New("want one or more statuses (codes such as 503, or classes such as 5xx), got none")
+		}
+		field.Set(reflect.ValueOf(Statuses(args)))
+		return nil
+	}
+	if len(args) != 1 {
+		return fmt.Errorf("want 1 argument, got %s", countArgs(args))
+	}
+	arg := args[0]
+	if arg == "" {
+		// JSON could not tell it from the option left out.
+		return errors.New("want a value, got an empty one; leave the option out for its default")
+	}
+	switch t := field.Type(); {
+	case t == reflect.TypeFor[*Duration]():
+		d, err := caddy.ParseDuration(arg)
+		if err != nil {
+			return fmt.Errorf("bad duration value %q: %v", arg, err)
+		}
+		v := Duration(d)
+		field.Set(reflect.ValueOf(&v))
+	case t.Kind() == reflect.String:
+		field.SetString(arg)
+	case t == reflect.TypeFor[*int](), t.Kind() == reflect.Int:
+		n, err := strconv.Atoi(arg)
+		if err != nil {
+			return fmt.Errorf("want an integer, got %q", arg)
+		}
+		if t.Kind() == reflect.Int {
+			field.SetInt(int64(n))
+		} else {
+			field.Set(reflect.ValueOf(&n))
+		}
+	default:
+		return fmt.Errorf("the Caddyfile cannot set a %s", t) // a field of a new type: teach setOption
+	}
+	return nil
+}
+
+// parseHeaders reads the block of a header option (health_headers), as
+// reverse_proxy's: each line a header name and its values; the cursor is on
+// the option's last token. Names are canonicalized, so that lines naming
+// one header in different cases add to it.
+func (p *caddyfileParser) parseHeaders(a *appParser, opt string, args []string, field reflect.Value) error {
 	d := p.d
 	if len(args) != 0 {
-		return p.errf(a, "%s: want a block of header lines, not arguments (got %s)", optHealthHeaders, countArgs(args))
+		return p.errf(a, "%s: want a block of header lines, not arguments (got %s)", opt, countArgs(args))
 	}
 	headers := make(http.Header)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		values := d.RemainingArgs()
 		if len(values) == 0 {
-			return p.errf(a, "%s: %s: want one or more values", optHealthHeaders, name)
-		}
-		key := http.CanonicalHeaderKey(name)
-		if _, err := checkHeaders(http.Header{key: append(headers[key], values...)}); err != nil {
-			return p.errf(a, "%s: %w", optHealthHeaders, err)
+			return p.errf(a, "%s: %s: want one or more values", opt, name)
 		}
 		if d.NextBlock(d.Nesting()) {
 			d.Prev() // back to the "{", on the header's line
-			return p.errf(a, "%s: %s: unexpected block: a header line takes values only", optHealthHeaders, name)
+			return p.errf(a, "%s: %s: unexpected block: a header line takes values only", opt, name)
 		}
+		key := http.CanonicalHeaderKey(name)
 		headers[key] = append(headers[key], values...)
 	}
 	if len(headers) == 0 {
-		return errAt(a.seen[optHealthHeaders], fmt.Errorf("app %q: %s: want a block with a line per header: <name> <values...>", a.name, optHealthHeaders))
+		return errAt(a.seen[opt], fmt.Errorf("app %q: %s: want a block with a line per header: <name> <values...>", a.name, opt))
 	}
-	a.app.HealthHeaders = headers
+	field.Set(reflect.ValueOf(headers))
 	return nil
 }
 
 // addInstances appends urls to the app's instances, as written.
-func (p *caddyfileParser) addInstances(a *appParser, urls []string) error {
+func (p *caddyfileParser) addInstances(a *appParser, urls []string) {
 	for _, raw := range urls {
-		if _, err := parseInstanceURL(raw); err != nil {
-			return p.errf(a, "instances: %w", err)
-		}
+		a.seen[fmt.Sprintf("instances[%d].url", len(a.app.Instances))] = p.d.Token()
 		a.app.Instances = append(a.app.Instances, &InstanceConfig{URL: raw})
 	}
-	return nil
 }
 
 // addInstance appends the instance of an instance line: a URL, and
@@ -366,57 +328,45 @@ func (p *caddyfileParser) addInstance(a *appParser, args []string) error {
 	if len(args) != 1 && (len(args) != 3 || args[1] != "weight") {
 		return p.errf(a, "instance: want a URL, optionally followed by weight <n>, got %s", countArgs(args))
 	}
-	if _, err := parseInstanceURL(args[0]); err != nil {
-		return p.errf(a, "instance: %w", err)
-	}
 	ic := &InstanceConfig{URL: args[0]}
 	if len(args) == 3 {
 		w, err := strconv.Atoi(args[2])
-		if err != nil || w < 0 || w > backend.MaxWeight {
-			return p.errf(a, "instance: weight: %w: want an integer from 0 to %d, got %q", ErrInvalidWeight, backend.MaxWeight, args[2])
+		if err != nil {
+			return p.errf(a, "instance: weight: want an integer, got %q", args[2])
 		}
 		ic.Weight = &w
 	}
+	i := len(a.app.Instances)
+	a.seen[fmt.Sprintf("instances[%d].url", i)] = p.d.Token()
+	a.seen[fmt.Sprintf("instances[%d].weight", i)] = p.d.Token()
 	a.app.Instances = append(a.app.Instances, ic)
 	return nil
 }
 
-// finish checks what can only be checked once the whole directive is read.
-// Provision would refuse these too, but without a line to point at.
+// finish checks the apps, once the whole directive is read, with
+// App.provision's checks: an error points at the line of the option at
+// fault, or else at the app's.
 func (p *caddyfileParser) finish() error {
 	if len(p.apps) == 0 {
 		return errAt(p.directive, fmt.Errorf("load_balancer: %w: give instances as arguments, or app blocks", ErrNoApps))
 	}
 	for _, a := range p.apps {
-		if len(a.app.Instances) == 0 {
+		err := checkApp(a.app)
+		switch fe, ok := errors.AsType[*fieldError](err); {
+		case err == nil:
+		case errors.Is(err, ErrNoInstances):
 			hint := "add an instances line to the app block"
 			if a == p.catchAll {
 				hint = "give them as arguments of load_balancer or on an instances line"
 			}
 			return errAt(a.tok, fmt.Errorf("app %q: instances: %w: %s", a.name, ErrNoInstances, hint))
-		}
-		if err := p.checkOptions(a); err != nil {
-			return err
+		case ok && a.seen[fe.field].Text != "":
+			return errAt(a.seen[fe.field], err)
+		default:
+			return errAt(a.tok, err)
 		}
 	}
 	return nil
-}
-
-// checkOptions refuses what Provision would refuse of the app as a whole
-// (options that do not go with its strategy or with each other, the same
-// instance twice), at the line of the option at fault, or else of the app.
-func (p *caddyfileParser) checkOptions(a *appParser) error {
-	err := checkApp(a.app)
-	if err == nil {
-		return nil
-	}
-	tok := a.tok
-	if fe, ok := errors.AsType[*fieldError](err); ok {
-		if t, seen := a.seen[fe.field]; seen {
-			tok = t
-		}
-	}
-	return errAt(tok, err)
 }
 
 // startCatchAll begins the app of the shorthand form; from says what began
@@ -455,235 +405,6 @@ func countArgs(args []string) string {
 		return "none"
 	}
 	return fmt.Sprintf("%d: %q", len(args), args)
-}
-
-func isAppOption(name string) bool {
-	_, single := appOptions[name]
-	_, list := listOptions[name]
-	return single || list || name == "instances" || name == "instance" ||
-		name == optInitiallyUnhealthy || name == optHealthHeaders
-}
-
-func setStrategy(app *App, name string) error {
-	if _, err := strategy.New(name); err != nil {
-		return err
-	}
-	app.Strategy = name
-	return nil
-}
-
-func setHashKey(app *App, key string) error {
-	if _, err := strategy.NewWithOptions("hash", strategy.Options{HashKey: key}); err != nil {
-		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
-			return oe.Err
-		}
-		return err
-	}
-	app.HashKey = key
-	return nil
-}
-
-func setLatencyDecay(app *App, s string) (err error) {
-	app.LatencyDecay, err = parsePositiveDuration(s)
-	return err
-}
-
-func setStickyCookie(app *App, name string) error {
-	if !validCookieName(name) {
-		return fmt.Errorf("%w %q", ErrInvalidCookieName, name)
-	}
-	app.StickyCookie = name
-	return nil
-}
-
-func setStickyCookieSecret(app *App, secret string) error {
-	app.StickyCookieSecret = secret
-	return nil
-}
-
-func setHealthURI(app *App, uri string) error {
-	if _, err := parseHealthURI(uri); err != nil {
-		return err
-	}
-	app.HealthURI = uri
-	return nil
-}
-
-func setTimeout(app *App, s string) (err error) {
-	app.Timeout, err = parsePositiveDuration(s)
-	return err
-}
-
-func setHealthCheckCooldown(app *App, s string) (err error) {
-	app.HealthCheckCooldown, err = parsePositiveDuration(s)
-	return err
-}
-
-func setHealthMethod(app *App, m string) error {
-	if m == "" { // Provision's "unset": it would not survive JSON
-		return fmt.Errorf("%w %q", ErrInvalidMethod, m)
-	}
-	if _, err := checkMethod(m); err != nil {
-		return err
-	}
-	app.HealthMethod = m
-	return nil
-}
-
-func setHealthPort(app *App, s string) error {
-	port, err := strconv.Atoi(s)
-	if err != nil || port < 1 || port > 65535 {
-		return fmt.Errorf("%w: want 1 to 65535, got %q", ErrInvalidPort, s)
-	}
-	app.HealthPort = port
-	return nil
-}
-
-func setHealthBody(app *App, expr string) error {
-	if expr == "" { // Provision's "any body": it would not survive JSON
-		return fmt.Errorf("%w: empty; leave health_body out to accept any body", ErrInvalidRegexp)
-	}
-	if _, err := compileBody(expr); err != nil {
-		return err
-	}
-	app.HealthBody = expr
-	return nil
-}
-
-func setHealthStatus(app *App, specs []string) error {
-	if _, err := parseStatuses(specs); err != nil {
-		return err
-	}
-	app.HealthStatus = specs
-	return nil
-}
-
-func setUnhealthyStatus(app *App, specs []string) error {
-	if _, err := parseStatuses(specs); err != nil {
-		return err
-	}
-	app.UnhealthyStatus = specs
-	return nil
-}
-
-func setHealthPasses(app *App, s string) (err error) {
-	app.HealthPasses, err = parseCount(s, 1, MaxHealthStreak)
-	return err
-}
-
-func setHealthFails(app *App, s string) (err error) {
-	app.HealthFails, err = parseCount(s, 1, MaxHealthStreak)
-	return err
-}
-
-func setMaxFails(app *App, s string) error {
-	n, err := parseCount(s, 0, MaxHealthStreak)
-	if err != nil {
-		return err
-	}
-	app.MaxFails = &n
-	return nil
-}
-
-func setRetries(app *App, s string) error {
-	n, err := parseCount(s, 0, MaxRetries)
-	if err != nil {
-		return err
-	}
-	app.Retries = &n
-	return nil
-}
-
-func setMaxEjectedPercent(app *App, s string) (err error) {
-	app.MaxEjectedPercent, err = parsePercent(s)
-	return err
-}
-
-func setRetryBudgetPercent(app *App, s string) (err error) {
-	app.RetryBudgetPercent, err = parsePercent(s)
-	return err
-}
-
-func setPanicThreshold(app *App, s string) error {
-	n, err := parsePercent(s)
-	if err != nil {
-		return err
-	}
-	app.PanicThreshold = *n
-	return nil
-}
-
-func setFailDuration(app *App, s string) (err error) {
-	app.FailDuration, err = parsePositiveDuration(s)
-	return err
-}
-
-func setMaxFailDuration(app *App, s string) (err error) {
-	app.MaxFailDuration, err = parsePositiveDuration(s)
-	return err
-}
-
-func setTryDuration(app *App, s string) (err error) {
-	app.TryDuration, err = parseNonNegativeDuration(s)
-	return err
-}
-
-func setSlowStart(app *App, s string) (err error) {
-	app.SlowStart, err = parseNonNegativeDuration(s)
-	return err
-}
-
-// parseCount parses an integer from lo to hi, with the check Provision
-// makes. Unlike in JSON, 0 is never "unset" here: where lo is 1, 0 is
-// refused rather than taken for the default.
-func parseCount(s string, lo, hi int) (int, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("%w: want an integer from %d to %d, got %q", ErrInvalidCount, lo, hi, s)
-	}
-	if _, err := checkCount(n, lo, hi); err != nil { // the check Provision makes
-		return 0, err
-	}
-	return n, nil
-}
-
-// parsePercent parses an integer percentage, from 0 to 100.
-func parsePercent(s string) (*int, error) {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 || n > 100 {
-		return nil, fmt.Errorf("%w: want 0 to 100, got %q", ErrInvalidPercent, s)
-	}
-	if _, err := percent(&n, 0); err != nil { // the check Provision makes
-		return nil, err
-	}
-	return &n, nil
-}
-
-// parseNonNegativeDuration parses a Caddy duration where 0 means off.
-func parseNonNegativeDuration(s string) (*Duration, error) {
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return nil, fmt.Errorf("bad duration value %q: %v", s, err)
-	}
-	if dur < 0 {
-		return nil, fmt.Errorf("%w, got %q", ErrNegativeDuration, s)
-	}
-	v := Duration(dur)
-	return &v, nil
-}
-
-// parsePositiveDuration parses a Caddy duration ("10s", "1m30s", "1d");
-// zero and negative ones make no sense for a timeout or an interval.
-func parsePositiveDuration(s string) (*Duration, error) {
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return nil, fmt.Errorf("bad duration value %q: %v", s, err)
-	}
-	if dur <= 0 {
-		return nil, fmt.Errorf("%w, got %q", ErrInvalidDuration, s)
-	}
-	v := Duration(dur)
-	return &v, nil
 }
 
 // Interface guards

@@ -28,63 +28,6 @@ import (
 // sees it.
 const StatusClientClosedRequest = 499
 
-// newTransport returns the transport an app proxies through. Plain http
-// backends go through upstream.Transport, which does each exchange in the
-// handler's goroutine over pooled keep-alive connections (up to 256 idle
-// per instance) instead of handing it to http.Transport's per-connection
-// goroutines: that hand-off is most of a proxied request's cost. https
-// backends (which may speak HTTP/2) and whatever else the fast path leaves
-// out go through a standard http.Transport. The app's timeout applies to
-// dialing, the TLS handshake and waiting for response headers either way.
-func newTransport(timeout time.Duration) *upstream.Transport {
-	return &upstream.Transport{
-		Fallback:              newStdTransport(timeout),
-		DialContext:           dialer(timeout).DialContext,
-		DialTimeout:           timeout,
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		ExpectContinueTimeout: time.Second,
-		MaxIdlePerHost:        256,
-		IdleTimeout:           90 * time.Second,
-	}
-}
-
-// newStdTransport returns a standard transport with the same settings.
-func newStdTransport(timeout time.Duration) *http.Transport {
-	return &http.Transport{
-		// Backends are addressed directly: HTTP_PROXY and friends in
-		// Caddy's environment are not meant for them.
-		Proxy:                 nil,
-		DialContext:           dialer(timeout).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		ExpectContinueTimeout: time.Second,
-		// A proxy passes bodies through as the backend encoded them.
-		DisableCompression: true,
-	}
-}
-
-func dialer(timeout time.Duration) *net.Dialer {
-	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-}
-
-// newProbeTransport returns the transport an instance's health checks go
-// through: its own single idle connection, so probes neither wait behind
-// nor take connections from proxied traffic. It is the fast path too: an
-// idle connection there costs no goroutine, which counts when an app
-// checks thousands of instances. Each probe's context bounds it with the
-// app's timeout.
-func newProbeTransport() *upstream.Transport {
-	std := newStdTransport(probeTimeout)
-	std.MaxIdleConnsPerHost = 1
-	t := newTransport(probeTimeout)
-	t.Fallback, t.MaxIdlePerHost = std, 1
-	return t
-}
-
 // newProxy returns the reverse proxy to the instance at target.
 //
 // httputil.ReverseProxy strips hop-by-hop headers (and those named in
@@ -439,4 +382,15 @@ func joinPath(base, p string) string {
 		return base + "/" + p
 	}
 	return base + p
+}
+
+// done ends a request to in that started at start (as returned by
+// backend.Now).
+func (a *App) done(in *backend.Instance) {
+	in.Release()
+	if a.retired.Load() {
+		// Caddy finishes the requests of an unloaded config on it, after
+		// Cleanup: the connection this one gave back must not linger.
+		a.transport.CloseIdleConnections()
+	}
 }

@@ -11,6 +11,34 @@ import (
 	"github.com/golb/caddy-lb/internal/cookie"
 )
 
+// Stickiness holds the options of sticky sessions.
+type Stickiness struct {
+	// The name of a cookie that pins each client to an instance, with any
+	// strategy: a request whose cookie names an available instance goes
+	// to it; any other is balanced by the strategy, and its response sets
+	// the cookie (HttpOnly, SameSite=Lax, Secure over TLS; no expiry) to
+	// the instance picked. The value is a MAC of the instance's URL, not
+	// the URL.
+	StickyCookie string `json:"sticky_cookie,omitempty"`
+
+	// A secret mixed into the MAC key of the sticky cookie's values, so
+	// that nobody without it can compute the value of an instance. Every
+	// load balancer of a fleet needs the same. Optional; only with
+	// sticky_cookie.
+	StickyCookieSecret string `json:"sticky_cookie_secret,omitempty"`
+}
+
+// check checks the options.
+func (s *Stickiness) check() error {
+	if s.StickyCookie != "" && !validCookieName(s.StickyCookie) {
+		return optionError("sticky_cookie", fmt.Errorf("%w %q", ErrInvalidCookieName, s.StickyCookie))
+	}
+	if s.StickyCookieSecret != "" && s.StickyCookie == "" {
+		return optionError("sticky_cookie_secret", fmt.Errorf("%w: it signs the sticky_cookie, which is not set", ErrInapplicableOption))
+	}
+	return nil
+}
+
 // stickyCookie pins a client to the instance that served it, on top of any
 // strategy: a request whose cookie names an available instance goes there;
 // any other is balanced by the strategy, and the answer sets the cookie to

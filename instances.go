@@ -1,13 +1,8 @@
 package caddylb
 
 import (
-	"encoding/json"
-	"net"
-	"net/url"
 	"slices"
-	"strconv"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -114,7 +109,7 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	for i, u := range a.urls {
 		key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
 		v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
-			s := &sharedInstance{key: key, in: backend.NewWithPolicy(u, a.weights[i], &a.res.passive, backend.Now())}
+			s := &sharedInstance{key: key, in: backend.NewWithPolicy(u, a.weights[i], &a.passive, backend.Now())}
 			s.in.SetOnChange(s.report)
 			if a.probes != nil {
 				s.monitor = health.NewMonitor(s.in, a.probes[i], newProbeTransport())
@@ -128,8 +123,8 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 		a.targets[s.in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, s.in)}
 	}
 	a.pool = backend.NewPool(instances...)
-	a.pool.SetPanicThreshold(a.res.panic)
-	a.budget.percent = a.res.budget
+	a.pool.SetPanicThreshold(a.panic)
+	a.budget.percent = a.retry.budget
 	if a.StickyCookie != "" {
 		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
 		for value, in := range a.sticky.instances {
@@ -148,37 +143,3 @@ func (a *App) release(config <-chan struct{}) {
 	}
 	a.shared = nil
 }
-
-// probeURL returns the URL health checks of the instance at u go to: the
-// health URI joined to its base path, on port if not 0.
-func probeURL(u, healthURI *url.URL, port int) string {
-	probe := *u
-	probe.Path = joinPath(u.Path, healthURI.Path)
-	probe.RawPath = joinPath(u.EscapedPath(), healthURI.EscapedPath())
-	probe.RawQuery = healthURI.RawQuery
-	if port != 0 {
-		probe.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
-	}
-	return probe.String()
-}
-
-// healthSettingsKey returns the part of the app's instance state keys
-// that says what its health checks mean: an instance checked differently
-// is another state. Intervals, timeouts and streaks only say how often and
-// how surely, and follow the running config instead.
-func (a *App) healthSettingsKey() string {
-	if a.HealthURI == "" {
-		return ""
-	}
-	b, _ := json.Marshal(struct {
-		URI, Method, Body string
-		Port              int
-		Headers           map[string][]string
-		Status            []string
-	}{a.HealthURI, a.res.health.Method, a.HealthBody, a.HealthPort, a.res.health.Headers, a.HealthStatus})
-	return string(b)
-}
-
-// probeTimeout is the transport's own bound on probes; each probe's
-// context has the app's timeout, which a reload may change.
-const probeTimeout = time.Hour

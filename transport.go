@@ -1,0 +1,66 @@
+package caddylb
+
+import (
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/golb/caddy-lb/upstream"
+)
+
+// newTransport returns the transport an app proxies through. Plain http
+// backends go through upstream.Transport, which does each exchange in the
+// handler's goroutine over pooled keep-alive connections (up to 256 idle
+// per instance) instead of handing it to http.Transport's per-connection
+// goroutines: that hand-off is most of a proxied request's cost. https
+// backends (which may speak HTTP/2) and whatever else the fast path leaves
+// out go through a standard http.Transport. The app's timeout applies to
+// dialing, the TLS handshake and waiting for response headers either way.
+func newTransport(timeout time.Duration) *upstream.Transport {
+	return &upstream.Transport{
+		Fallback:              newStdTransport(timeout),
+		DialContext:           dialer(timeout).DialContext,
+		DialTimeout:           timeout,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+		MaxIdlePerHost:        256,
+		IdleTimeout:           90 * time.Second,
+	}
+}
+
+// newStdTransport returns a standard transport with the same settings.
+func newStdTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		// Backends are addressed directly: HTTP_PROXY and friends in
+		// Caddy's environment are not meant for them.
+		Proxy:                 nil,
+		DialContext:           dialer(timeout).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+		// A proxy passes bodies through as the backend encoded them.
+		DisableCompression: true,
+	}
+}
+
+func dialer(timeout time.Duration) *net.Dialer {
+	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+}
+
+// newProbeTransport returns the transport an instance's health checks go
+// through: its own single idle connection, so probes neither wait behind
+// nor take connections from proxied traffic. It is the fast path too: an
+// idle connection there costs no goroutine, which counts when an app
+// checks thousands of instances. Each probe's context bounds it with the
+// app's timeout.
+func newProbeTransport() *upstream.Transport {
+	std := newStdTransport(probeTimeout)
+	std.MaxIdleConnsPerHost = 1
+	t := newTransport(probeTimeout)
+	t.Fallback, t.MaxIdlePerHost = std, 1
+	return t
+}
