@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/internal/running"
 
 	"github.com/golb/caddy-lb/report"
 )
@@ -114,7 +115,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // adopt makes this config the one in charge of its instances: their
 // weights, policies and health check settings are its own from now on.
 // (Changes of their state are logged and emitted as its events from the
-// moment it runs, see sharedInstance.report.)
+// moment it runs, see sharedInstance.notify.)
 func (h *Handler) adopt() {
 	now := backend.Now()
 	for _, app := range h.Apps {
@@ -151,7 +152,7 @@ func awaitRunning(ctx context.Context, config <-chan struct{}) bool {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if running := report.RunningConfig(); running != nil && running == config {
+		if running := running.Config(); running != nil && running == config {
 			return true
 		}
 		select {

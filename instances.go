@@ -9,7 +9,7 @@ import (
 
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/health"
-	"github.com/golb/caddy-lb/report"
+	"github.com/golb/caddy-lb/internal/running"
 )
 
 // instanceStates holds the live state of every instance of every loaded
@@ -30,32 +30,32 @@ type sharedInstance struct {
 	monitor *health.Monitor
 
 	mu        sync.Mutex
-	reporters []reporter // of the configs using the instance, oldest first
+	listeners []listener // of the configs using the instance, oldest first
 }
 
-// reporter is how a config logs and emits the changes of an instance's
+// listener is how a config logs and emits the changes of an instance's
 // state.
-type reporter struct {
+type listener struct {
 	config <-chan struct{} // the config's Done channel
-	report func(backend.Change)
+	notify func(backend.Change)
 }
 
-// report hands c to the config in charge: the running one if it uses the
+// notify hands c to the config in charge: the running one if it uses the
 // instance, or else the newest still loaded (the instance is new, and its
 // config is about to run). A change may come at any time, from a request
 // of a config being unloaded as well as from a health check.
-func (s *sharedInstance) report(c backend.Change) {
-	running := report.RunningConfig()
+func (s *sharedInstance) notify(c backend.Change) {
+	running := running.Config()
 	s.mu.Lock()
 	var f func(backend.Change)
-	for i := len(s.reporters) - 1; i >= 0; i-- {
-		r := s.reporters[i]
+	for i := len(s.listeners) - 1; i >= 0; i-- {
+		r := s.listeners[i]
 		if r.config == running {
-			f = r.report
+			f = r.notify
 			break
 		}
 		if f == nil && !isDone(r.config) {
-			f = r.report
+			f = r.notify
 		}
 	}
 	s.mu.Unlock()
@@ -64,16 +64,16 @@ func (s *sharedInstance) report(c backend.Change) {
 	}
 }
 
-func (s *sharedInstance) addReporter(config <-chan struct{}, f func(backend.Change)) {
+func (s *sharedInstance) addListener(config <-chan struct{}, f func(backend.Change)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.reporters = append(s.reporters, reporter{config, f})
+	s.listeners = append(s.listeners, listener{config, f})
 }
 
-func (s *sharedInstance) removeReporter(config <-chan struct{}) {
+func (s *sharedInstance) removeListener(config <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.reporters = slices.DeleteFunc(s.reporters, func(r reporter) bool { return r.config == config })
+	s.listeners = slices.DeleteFunc(s.listeners, func(r listener) bool { return r.config == config })
 }
 
 func isDone(ch <-chan struct{}) bool {
@@ -99,7 +99,7 @@ func (s *sharedInstance) Destruct() error {
 // to it, and builds what proxying to them takes. Every key taken is
 // released by release, also when Provision fails later.
 // The changes of state of its instances are reported with onChange while
-// this config is in charge of them (see sharedInstance.report); config is
+// this config is in charge of them (see sharedInstance.notify); config is
 // its Done channel.
 func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
 	a.transport = newTransport(a.timeout)
@@ -109,15 +109,15 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	for i, u := range a.urls {
 		key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
 		v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
-			s := &sharedInstance{key: key, in: backend.NewWithPolicy(u, a.weights[i], &a.passive, backend.Now())}
-			s.in.SetOnChange(s.report)
+			s := &sharedInstance{key: key, in: backend.New(u, a.weights[i], &a.passive, backend.Now())}
+			s.in.SetOnChange(s.notify)
 			if a.probes != nil {
 				s.monitor = health.NewMonitor(s.in, a.probes[i], newProbeTransport())
 			}
 			return s, nil
 		})
 		s := v.(*sharedInstance)
-		s.addReporter(config, onChange)
+		s.addListener(config, onChange)
 		a.shared = append(a.shared, s)
 		instances = append(instances, s.in)
 		a.targets[s.in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, s.in)}
@@ -138,7 +138,7 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 // of the app's config.
 func (a *App) release(config <-chan struct{}) {
 	for _, s := range a.shared {
-		s.removeReporter(config)
+		s.removeListener(config)
 		_, _ = instanceStates.Delete(s.key)
 	}
 	a.shared = nil

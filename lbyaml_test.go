@@ -319,7 +319,7 @@ server: x
     instances: [{url: http://127.0.0.1:1}]
 `,
 		pos:  "config.yaml:4:21:",
-		want: []string{`app "a.test": health_status[0]: want a string, got a list`},
+		want: []string{`app "a.test": health_status[0]: want a value, got a list`},
 	},
 	{
 		name: "unhealthy_status not a list",

@@ -203,7 +203,7 @@ func statusFor(r *http.Request, err error) int {
 	if errors.Is(err, upstream.ErrRequestBody) {
 		return clientBodyStatus(err)
 	}
-	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+	if dialFailed(err) {
 		return http.StatusBadGateway
 	}
 	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
@@ -213,6 +213,13 @@ func statusFor(r *http.Request, err error) int {
 		return http.StatusGatewayTimeout
 	}
 	return http.StatusBadGateway
+}
+
+// dialFailed reports whether err says the connection to the instance
+// could not be made.
+func dialFailed(err error) bool {
+	op, ok := errors.AsType[*net.OpError](err)
+	return ok && op.Op == "dial"
 }
 
 // clientBodyStatus is the status for a failure to read the client's request
@@ -384,8 +391,7 @@ func joinPath(base, p string) string {
 	return base + p
 }
 
-// done ends a request to in that started at start (as returned by
-// backend.Now).
+// done ends a request to in.
 func (a *App) done(in *backend.Instance) {
 	in.Release()
 	if a.retired.Load() {

@@ -3,7 +3,6 @@ package caddylb
 import (
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -86,10 +85,7 @@ func retryable(r *http.Request, status int, err error, body *retryBody) bool {
 // notSent reports whether err says no byte of the request reached the
 // instance.
 func notSent(err error) bool {
-	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
-		return true
-	}
-	return upstream.NotSent(err)
+	return dialFailed(err) || upstream.NotSent(err)
 }
 
 // idempotent reports whether r may be sent twice with the same effect as

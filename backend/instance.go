@@ -54,18 +54,6 @@ type Instance struct {
 	checking sync.Mutex
 }
 
-// New returns a healthy instance of weight 1 for the backend at u. u must be
-// absolute (scheme and host); New does not validate it.
-func New(u *url.URL) *Instance { return NewWeighted(u, 1) }
-
-// NewWeighted returns a healthy instance of the given weight for the
-// backend at u, with passive checks and slow start off. A weight of 0 (or
-// less) means the instance takes no new requests; callers check weights
-// against MaxWeight.
-func NewWeighted(u *url.URL, weight int) *Instance {
-	return NewWithPolicy(u, weight, &Policy{}, Now())
-}
-
 // URL returns the instance's address. Callers must not modify it.
 func (in *Instance) URL() *url.URL { return in.url }
 

@@ -21,7 +21,7 @@ func mustParse(t testing.TB, raw string) *url.URL {
 
 func TestNewIsHealthyAndIdle(t *testing.T) {
 	u := mustParse(t, "http://alice:s3cr3t@127.0.0.1:8080/base")
-	in := backend.New(u)
+	in := backend.NewWeighted(u, 1)
 
 	if !in.Healthy() {
 		t.Error("New: Healthy() = false, want true")
@@ -88,7 +88,7 @@ func TestCounters(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			for _, o := range tt.ops {
 				switch o {
 				case acquire:
@@ -133,7 +133,7 @@ func TestSetHealthyReportsChangesOnly(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			for i, s := range tt.steps {
 				if got := in.SetHealthy(s.set); got != s.wantChanged {
 					t.Errorf("step %d: SetHealthy(%v) = %v, want %v", i, s.set, got, s.wantChanged)
@@ -157,7 +157,7 @@ func TestTryStartCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			// Several checks in a row: each must be exclusive, and each end
 			// must let the next one start.
 			for round := range 3 {
@@ -217,7 +217,7 @@ func TestFinishCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			var changes []backend.Event
 			in.SetOnChange(func(c backend.Change) { changes = append(changes, c.Event) })
 			var at int64
@@ -255,7 +255,7 @@ func TestFinishCheck(t *testing.T) {
 }
 
 func TestAbandonCheckRecordsNothing(t *testing.T) {
-	in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+	in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 	at := int64(time.Hour)
 	if !in.TryStartCheck() {
 		t.Fatal("TryStartCheck() = false")
@@ -273,7 +273,7 @@ func TestAbandonCheckRecordsNothing(t *testing.T) {
 }
 
 func TestStatus(t *testing.T) {
-	in := backend.New(mustParse(t, "https://bob:pw@10.0.0.1:8443/app?x=1"))
+	in := backend.NewWeighted(mustParse(t, "https://bob:pw@10.0.0.1:8443/app?x=1"), 1)
 	for range 5 {
 		in.Acquire()
 	}
@@ -382,7 +382,7 @@ func TestRedact(t *testing.T) {
 			if after := u.String(); after != before {
 				t.Errorf("Redact modified its argument: %q -> %q", before, after)
 			}
-			if s := backend.New(u).String(); s != tt.want {
+			if s := backend.NewWeighted(u, 1).String(); s != tt.want {
 				t.Errorf("Instance.String() = %q, want %q", s, tt.want)
 			}
 		})

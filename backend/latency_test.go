@@ -80,7 +80,7 @@ func TestLatencyPeakEWMA(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			for _, o := range tt.observes {
 				in.ObserveLatency(o.sample, o.at, tau)
 			}
@@ -100,7 +100,7 @@ func TestLatencyPeakEWMA(t *testing.T) {
 
 func TestSeedLatency(t *testing.T) {
 	const tau = time.Second
-	in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+	in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 	in.SeedLatency(5e6, unit)
 	if got, ok := in.Latency(unit, tau); !ok || !near(got, 5e6) {
 		t.Fatalf("after SeedLatency(5ms): Latency() = %v, %v", got, ok)
@@ -132,7 +132,7 @@ func TestLatencyResetOnRecovery(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+			in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 			in.ObserveLatency(7*time.Millisecond, unit, tau)
 			for _, h := range tt.health {
 				in.SetHealthy(h)
@@ -149,7 +149,7 @@ func TestLatencyResetOnRecovery(t *testing.T) {
 // out-of-range estimate.
 func TestObserveLatencyConcurrent(t *testing.T) {
 	const tau = time.Second
-	in := backend.New(mustParse(t, "http://127.0.0.1:1"))
+	in := backend.NewWeighted(mustParse(t, "http://127.0.0.1:1"), 1)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Go(func() {

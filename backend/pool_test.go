@@ -17,7 +17,7 @@ func newInstances(t testing.TB, n int) []*backend.Instance {
 	t.Helper()
 	ins := make([]*backend.Instance, n)
 	for i := range ins {
-		ins[i] = backend.New(mustParse(t, fmt.Sprintf("http://127.0.0.1:%d", 10001+i)))
+		ins[i] = backend.NewWeighted(mustParse(t, fmt.Sprintf("http://127.0.0.1:%d", 10001+i)), 1)
 	}
 	return ins
 }

@@ -113,10 +113,10 @@ type state struct {
 // it to run what a timer would, when they choose.
 var afterFunc = time.AfterFunc
 
-// NewWithPolicy returns an instance of the given weight for the backend
+// New returns an instance of the given weight for the backend
 // at u, following policy p from now (Now's time base). It starts healthy,
 // or unhealthy if p says so.
-func NewWithPolicy(u *url.URL, weight int, p *Policy, now int64) *Instance {
+func New(u *url.URL, weight int, p *Policy, now int64) *Instance {
 	in := &Instance{url: u, redacted: Redact(u)}
 	weight = max(weight, 0)
 	in.weight.Store(int64(weight))

@@ -73,7 +73,7 @@ func newTest(t *testing.T, w int, p *Policy) (*Instance, *recorder) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := NewWithPolicy(u, w, p, t0)
+	in := New(u, w, p, t0)
 	if !in.Configure(w, p, t0) {
 		t.Fatal("first Configure of a new instance: first = false")
 	}
@@ -989,7 +989,7 @@ func TestSlowStartStarts(t *testing.T) {
 	pol := &Policy{SlowStart: slowStart, MaxFails: 1, FailDuration: failDuration, MaxFailDuration: maxFailDuration, MaxEjectedPercent: 100}
 	step := func(in *Instance) int64 { return int64(in.SelectionWeight() / in.Weight()) }
 	t.Run("by StartSlowStart, not by Configure", func(t *testing.T) {
-		in := NewWithPolicy(&url.URL{Scheme: "http", Host: "127.0.0.1:1"}, 2, pol, t0)
+		in := New(&url.URL{Scheme: "http", Host: "127.0.0.1:1"}, 2, pol, t0)
 		t.Cleanup(in.Close)
 		if !in.Configure(2, pol, t0) {
 			t.Error("first Configure: first = false")

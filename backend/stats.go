@@ -119,10 +119,6 @@ func (in *Instance) ObserveCheck(d time.Duration) { in.stats.checkDuration.Obser
 // failed it.
 func (in *Instance) RecordRetry() { in.stats.retries.Add(1) }
 
-// RecordEjection counts an ejection of the instance by passive health
-// checking.
-func (in *Instance) RecordEjection() { in.stats.ejections.Add(1) }
-
 // window returns the instance's last-minute window, allocating it on first
 // use.
 func (in *Instance) window() *window {

@@ -41,7 +41,7 @@ func TestHistogram(t *testing.T) {
 }
 
 func TestRecordResponseClasses(t *testing.T) {
-	in := backend.New(mustParse(t, "http://a"))
+	in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 	for _, status := range []int{101, 200, 204, 302, 404, 499, 500, 502, 0, 700} {
 		in.RecordResponse(status, 0)
 	}
@@ -52,7 +52,7 @@ func TestRecordResponseClasses(t *testing.T) {
 }
 
 func TestChecksCounted(t *testing.T) {
-	in := backend.New(mustParse(t, "http://a"))
+	in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 	for _, err := range []error{nil, errors.New("status 503"), errors.New("status 503"), nil, nil} {
 		if !in.TryStartCheck() {
 			t.Fatal("TryStartCheck = false")
@@ -65,10 +65,16 @@ func TestChecksCounted(t *testing.T) {
 		t.Errorf("passed %d, failed %d, durations %d; want 3, 2, 5", m.ChecksPassed, m.ChecksFailed, m.CheckDuration.Count)
 	}
 	in.RecordRetry()
-	in.RecordEjection()
-	in.RecordEjection()
-	if m := in.Metrics(); m.Retries != 1 || m.Ejections != 2 {
-		t.Errorf("retries %d, ejections %d; want 1, 2", m.Retries, m.Ejections)
+	// Ejected by passive checks: at its one allowed failure.
+	ejecting := backend.New(mustParse(t, "http://b"), 1, &backend.Policy{MaxFails: 1, FailDuration: time.Minute,
+		MaxFailDuration: time.Minute, MaxEjectedPercent: 100}, backend.Now())
+	t.Cleanup(ejecting.Close)
+	backend.NewPool(ejecting).Failed(ejecting, backend.Now(), "status 502", false)
+	if m := in.Metrics(); m.Retries != 1 || m.Ejections != 0 {
+		t.Errorf("retries %d, ejections %d; want 1, 0", m.Retries, m.Ejections)
+	}
+	if m := ejecting.Metrics(); m.Ejections != 1 {
+		t.Errorf("ejections %d after an ejection, want 1", m.Ejections)
 	}
 }
 
@@ -91,7 +97,7 @@ func TestRecentWindow(t *testing.T) {
 		{"long after the start", []int64{1000 * sec, 1030 * sec, 1059 * sec, 1060 * sec}, 1060 * sec, 3, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			in := backend.New(mustParse(t, "http://a"))
+			in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 			for i, at := range tc.record {
 				status := 200
 				if i%2 == 1 {
@@ -108,7 +114,7 @@ func TestRecentWindow(t *testing.T) {
 }
 
 func TestRecentLatency(t *testing.T) {
-	in := backend.New(mustParse(t, "http://a"))
+	in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 	for range 98 {
 		in.ObserveResponseHeader(time.Millisecond, 5*sec)
 	}
@@ -133,7 +139,7 @@ func TestRecentLatency(t *testing.T) {
 
 	// Any one sample's estimate is off by at most a quarter.
 	for d := 10 * time.Microsecond; d < 100*time.Second; d = d * 9 / 8 {
-		in := backend.New(mustParse(t, "http://a"))
+		in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 		in.ObserveResponseHeader(d, 0)
 		got := in.Recent(0)
 		if d >= 131*time.Microsecond && d < 68*time.Second && !within(got.P50, d) {
@@ -154,7 +160,7 @@ func within(got, want time.Duration) bool {
 }
 
 func TestStatsConcurrent(t *testing.T) {
-	in := backend.New(mustParse(t, "http://a"))
+	in := backend.NewWeighted(mustParse(t, "http://a"), 1)
 	const workers, each = 8, 1000
 	var wg sync.WaitGroup
 	for w := range workers {

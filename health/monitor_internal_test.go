@@ -29,7 +29,7 @@ func TestRoundSkipsWhileCheckRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := backend.New(u)
+	in := backend.New(u, 1, &backend.Policy{}, backend.Now())
 	m := NewMonitor(in, srv.URL+"/health", &http.Transport{})
 	// A schedule that never fires: round only arms it again.
 	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour, Passes: 1, Fails: 1})
@@ -68,7 +68,7 @@ func TestRoundAfterStop(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	m := NewMonitor(backend.New(u), srv.URL, &http.Transport{})
+	m := NewMonitor(backend.New(u, 1, &backend.Policy{}, backend.Now()), srv.URL, &http.Transport{})
 	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour})
 	m.timer = time.AfterFunc(time.Hour, func() {})
 	m.Stop()

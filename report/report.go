@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/golb/caddy-lb/internal/running"
 )
 
 // Path is where the report is served on Caddy's admin endpoint.
@@ -146,18 +147,6 @@ func Register(ctx context.Context, src Source) (unregister func()) {
 	}
 }
 
-// RunningConfig returns the Done channel of the config Caddy runs now, nil
-// if none. Every module's context shares the Done channel of its config, so
-// comparing ctx.Done() with it tells whether that config is the running
-// one. Caddy makes a config the running one only after all its apps have
-// started, and stops doing so before it unloads it.
-func RunningConfig() <-chan struct{} {
-	if active := caddy.ActiveContext(); active.Context != nil {
-		return active.Done()
-	}
-	return nil
-}
-
 // Current returns the report of the running config.
 func Current() Report {
 	rep := Report{Apps: []App{}}
@@ -172,7 +161,7 @@ func Current() Report {
 // config being loaded or unloaded; only those of the config Caddy is
 // running are returned.
 func Running() []Source {
-	running := RunningConfig()
+	running := running.Config()
 	mu.Lock()
 	live := make([]*entry, 0, len(entries))
 	for _, e := range entries {

@@ -34,7 +34,7 @@ func hostsAt(t testing.TB, hosts []string, weights ...int) []*backend.Instance {
 		if i < len(weights) {
 			w = weights[i]
 		}
-		ins[i] = backend.NewWeighted(u, w)
+		ins[i] = newInstance(u, w)
 	}
 	return ins
 }

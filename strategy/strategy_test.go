@@ -29,7 +29,7 @@ func newInstances(t testing.TB, n int) []*backend.Instance {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ins[i] = backend.New(u)
+		ins[i] = newInstance(u, 1)
 	}
 	return ins
 }
@@ -297,4 +297,10 @@ func TestRegister(t *testing.T) {
 	if s, _ := strategy.New("round_robin"); reflect.TypeOf(s) != reflect.TypeFor[*strategy.RoundRobin]() {
 		t.Errorf("a failed duplicate Register replaced round_robin: New gives %T", s)
 	}
+}
+
+// newInstance returns a healthy instance of the given weight for the
+// backend at u, with passive checks and slow start off.
+func newInstance(u *url.URL, weight int) *backend.Instance {
+	return backend.New(u, weight, &backend.Policy{}, backend.Now())
 }

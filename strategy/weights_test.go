@@ -22,7 +22,7 @@ func newWeighted(t testing.TB, weights ...int) []*backend.Instance {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ins[i] = backend.NewWeighted(u, w)
+		ins[i] = newInstance(u, w)
 	}
 	return ins
 }

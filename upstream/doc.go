@@ -26,7 +26,6 @@
 //		ExpectContinueTimeout: time.Second,
 //		MaxIdlePerHost:        256,
 //		IdleTimeout:           90 * time.Second,
-//		TLSClientConfig:       &tls.Config{}, // https on the fast path too
 //	}
 //
 // # What goes where

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // exchange is one request and its response on one connection.
@@ -79,7 +81,7 @@ func (t *Transport) exchange(c *conn, req, wreq *http.Request, rb *reqBody) (*ht
 		ex.parties.Store(2)
 		ex.wdone = make(chan struct{})
 		if t.ExpectContinueTimeout > 0 && wreq.ProtoAtLeast(1, 1) &&
-			headerHasToken(wreq.Header["Expect"], "100-continue") {
+			httpguts.HeaderValuesContainsToken(wreq.Header["Expect"], "100-continue") {
 			ex.cont = make(chan bool, 1)
 			rb.gate = ex
 		}

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -440,25 +438,12 @@ func closeBody(b io.ReadCloser) {
 
 // isUpgrade reports whether h asks for a protocol switch.
 func isUpgrade(h http.Header) bool {
-	return h.Get("Upgrade") != "" && headerHasToken(h["Connection"], "upgrade")
+	return h.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(h["Connection"], "upgrade")
 }
 
 // wantsClose reports whether req asks that its connection be closed.
 func wantsClose(req *http.Request) bool {
-	return req.Close || headerHasToken(req.Header["Connection"], "close")
-}
-
-// headerHasToken reports whether one of the comma-separated values has
-// token, case-insensitively.
-func headerHasToken(values []string, token string) bool {
-	for _, v := range values {
-		for part := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(part), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return req.Close || httpguts.HeaderValuesContainsToken(req.Header["Connection"], "close")
 }
 
 // validateHeaders is http.Transport's check of outgoing header fields: it

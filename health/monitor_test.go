@@ -15,9 +15,6 @@ import (
 	"github.com/golb/caddy-lb/health"
 )
 
-// The tests of this package do not run in parallel: health.Active counts
-// the monitors of the whole process.
-
 // newInstance returns an instance for a test server's URL, with credentials
 // added so that reasons can be checked for redaction, and a channel
 // receiving every change of its state.
@@ -27,7 +24,7 @@ func newInstance(t *testing.T, serverURL string) (*backend.Instance, <-chan back
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := backend.New(u)
+	in := backend.New(u, 1, &backend.Policy{}, backend.Now())
 	t.Cleanup(in.Close)
 	changes := make(chan backend.Change, 64)
 	in.SetOnChange(func(c backend.Change) {
@@ -89,16 +86,19 @@ func TestMonitorFirstRound(t *testing.T) {
 		hits <- i
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
-	before := health.Active()
 	spec := &health.Spec{Interval: time.Hour, Timeout: time.Minute, Passes: 1, Fails: 1}
 	ins := make([]*backend.Instance, n)
 	changes := make([]<-chan backend.Change, n)
 	for i := range n {
 		ins[i], changes[i] = newInstance(t, srv.URL)
-		newMonitor(t, ins[i], srv.URL, fmt.Sprintf("/health/%d", i)).Run(spec)
-	}
-	if got := health.Active() - before; got != n {
-		t.Errorf("Active() went up by %d, want %d", got, n)
+		m := newMonitor(t, ins[i], srv.URL, fmt.Sprintf("/health/%d", i))
+		if m.Running() {
+			t.Fatal("a new monitor is running")
+		}
+		m.Run(spec)
+		if !m.Running() {
+			t.Fatal("a monitor is not running after Run")
+		}
 	}
 
 	var order []int
@@ -308,7 +308,6 @@ func TestMonitorStopCutsProbeShort(t *testing.T) {
 				<-changes // the setup's
 			}
 			before := in.Status()
-			active := health.Active()
 
 			m := newMonitor(t, in, srv.URL, "/health")
 			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1})
@@ -330,13 +329,13 @@ func TestMonitorStopCutsProbeShort(t *testing.T) {
 			if n := len(changes); n != 0 {
 				t.Errorf("%d changes for an abandoned check, want 0: %v", n, <-changes)
 			}
-			if got := health.Active(); got != active {
-				t.Errorf("Active() = %d after Stop, want %d", got, active)
+			if m.Running() {
+				t.Error("running after Stop")
 			}
 			m.Stop() // again: nothing to do
 			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour})
-			if got := health.Active(); got != active {
-				t.Errorf("Active() = %d after a Run following Stop, want %d", got, active)
+			if m.Running() {
+				t.Error("running after a Run following Stop")
 			}
 		})
 	}
@@ -354,14 +353,13 @@ func TestMonitorRunChangesSpec(t *testing.T) {
 	})
 	in, _ := newInstance(t, srv.URL)
 	m := newMonitor(t, in, srv.URL, "/health")
-	active := health.Active()
 	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1})
 	if got := <-methods; got != http.MethodGet {
 		t.Fatalf("first probe %s, want GET", got)
 	}
 	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Method: http.MethodHead, Passes: 1, Fails: 1})
-	if got := health.Active() - active; got != 1 {
-		t.Errorf("Active() went up by %d for one monitor run twice, want 1", got)
+	if !m.Running() {
+		t.Error("not running after a second Run")
 	}
 	// A round under way when the Spec changed may still send a GET;
 	// the rounds after it send HEADs.

@@ -1,0 +1,4 @@
+package health
+
+// NewClient exposes newClient to tests.
+var NewClient = newClient
