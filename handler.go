@@ -6,7 +6,7 @@
 // interval) and passively (failures of real requests eject them for a
 // while); a request an instance failed is retried on another when that is
 // safe. An instance's state lives across config reloads that keep it (see
-// shared.go). It is shown on Caddy's admin endpoint at
+// instances.go). It is shown on Caddy's admin endpoint at
 // GET /api/v1/loadBalancers/report, where instances can be drained, and
 // every config error names the app and the field at fault.
 package caddylb
