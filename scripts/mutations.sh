@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 
 # Rows of five: file, text, replacement, package, tests.
 mutations=(
-	serve.go 'return idempotent(r) && body.rewind(true)' 'return body.rewind(true)' . '^TestRetryRules$'
-	serve.go 'return key || xkey' 'return false' . '^TestRetryRules$'
+	retry.go 'return idempotent(r) && body.rewind(true)' 'return body.rewind(true)' . '^TestRetryRules$'
+	retry.go 'return key || xkey' 'return false' . '^TestRetryRules$'
 	proxy.go 'pw.observeAtLeast(a.timeout)' 'pw.observeAtLeast(0)' . '^TestLeastLatencyAvoidsBrokenInstance$'
 	retry.go 'DefaultRetryBudgetPercent = 20' 'DefaultRetryBudgetPercent = 10' . '^TestRetryBudget$'
 	backend/state.go 'afterFunc(d, func() { in.openTrial(until) })' 'afterFunc(d, func() {})' ./backend '^TestTimersDoTheirJob$'
