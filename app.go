@@ -3,6 +3,7 @@ package caddylb
 import (
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http/httputil"
 	"net/url"
@@ -64,17 +65,25 @@ type App struct {
 	// The backend instances: at least one.
 	Instances []*InstanceConfig `json:"instances,omitempty"`
 
+	Discovery
+
 	settings // compiled from the options by provision
 
 	// Set up by attach: the app's instances live in the process-wide
 	// pool of instance states, to release at Cleanup.
-	shared    []*sharedInstance
+	config    <-chan struct{} // the Done channel of the app's config
+	onChange  func(backend.Change)
+	errorLog  *log.Logger
+	dial      dialFunc
 	pool      *backend.Pool
-	targets   map[*backend.Instance]*target
+	static    []*backend.Instance // the configured instances, in order
+	members   atomic.Pointer[members]
 	sticky    *stickyCookie // nil without sticky_cookie
 	transport *upstream.Transport
 	budget    retryBudget
-	retired   atomic.Bool // set by Cleanup
+	dynamic   *dynamicInstances // nil without dynamic_upstreams
+	serving   atomic.Bool       // set once Caddy runs the config
+	retired   atomic.Bool       // set by Cleanup
 }
 
 // settings is what provision compiles an app's options into.
@@ -87,21 +96,27 @@ type settings struct {
 	observer     strategy.Observer // the strategy, if it learns from latencies
 	timeout      time.Duration     // also the latency a failed request counts as, for the observer
 	health       *health.Spec      // nil without health_uri
+	healthURI    *url.URL          // nil without health_uri
 	passive      backend.Policy    // what passive checks and slow start do
 	retry        retrySettings
+	discovery    discoverySettings
 	panic        int        // panic threshold, percent; 0: off
-	urls         []*url.URL // the instances' parsed URLs, in config order
+	urls         []*url.URL // the configured instances' parsed URLs, in config order
 	weights      []int      // their weights
-	probes       []string   // their health check URLs; nil without health_uri
 	healthKey    string     // the health settings, as part of instance state keys
 }
 
 // target is what serving a request with an instance takes.
 type target struct {
-	proxy *httputil.ReverseProxy
-	// The Set-Cookie values that pin a client to the instance, for plain
-	// HTTP and TLS; empty without sticky_cookie.
-	cookie, secureCookie string
+	shared  *sharedInstance
+	in      *backend.Instance
+	weight  int  // as configured, or as the source gives it
+	dynamic bool // discovered, not configured
+	proxy   *httputil.ReverseProxy
+	// The sticky cookie's value for the instance, and the Set-Cookie
+	// values that pin a client to it, for plain HTTP and TLS; empty
+	// without sticky_cookie.
+	cookieValue, cookie, secureCookie string
 	// logField adds the app and the instance to the access log entry.
 	logField zap.Field
 }
@@ -234,13 +249,12 @@ func (s *settings) compile(app *App) error {
 	if err != nil {
 		return optionError("health_check_cooldown", err)
 	}
-	var healthURI *url.URL
 	if app.HealthURI != "" {
-		if healthURI, err = parseHealthURI(app.HealthURI); err != nil {
+		if s.healthURI, err = parseHealthURI(app.HealthURI); err != nil {
 			return optionError("health_uri", err)
 		}
 	}
-	if s.health, err = app.ActiveHealth.compile(healthURI != nil, interval, s.timeout); err != nil {
+	if s.health, err = app.ActiveHealth.compile(s.healthURI != nil, interval, s.timeout); err != nil {
 		return err
 	}
 	if s.passive, s.panic, err = app.PassiveHealth.compile(); err != nil {
@@ -253,17 +267,20 @@ func (s *settings) compile(app *App) error {
 	if s.retry, err = app.RetryPolicy.compile(); err != nil {
 		return err
 	}
-	if err := s.compileInstances(app.Instances, healthURI, app.HealthPort); err != nil {
+	if s.discovery, err = app.Discovery.compile(); err != nil {
+		return err
+	}
+	if err := s.compileInstances(app.Instances, s.discovery.on); err != nil {
 		return err
 	}
 	s.healthKey = healthSettingsKey(app, s.health)
 	return nil
 }
 
-// compileInstances checks the instances and compiles their URLs, weights
-// and probe URLs.
-func (s *settings) compileInstances(instances []*InstanceConfig, healthURI *url.URL, healthPort *int) error {
-	if len(instances) == 0 {
+// compileInstances checks the configured instances and compiles their
+// URLs and weights; there may be none if others are discovered.
+func (s *settings) compileInstances(instances []*InstanceConfig, discovered bool) error {
+	if len(instances) == 0 && !discovered {
 		return optionError("instances", ErrNoInstances)
 	}
 	s.urls = make([]*url.URL, 0, len(instances))
@@ -291,9 +308,6 @@ func (s *settings) compileInstances(instances []*InstanceConfig, healthURI *url.
 		}
 		s.urls = append(s.urls, u)
 		s.weights = append(s.weights, weight)
-		if healthURI != nil {
-			s.probes = append(s.probes, probeURL(u, healthURI, healthPort))
-		}
 	}
 	return nil
 }

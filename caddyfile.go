@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -89,17 +90,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 }
 
 // appFields are the options an app block takes: the fields of App by their
-// JSON names, all but host (an app block's argument); instance lines add
-// to instances.
+// JSON names, but host (an app block's argument) and dynamic_upstreams
+// (the dynamic line's); instance lines add to instances.
 var appFields = jsonfields.Of(reflect.TypeFor[App]())
 
+// notOptions are fields of App that are no option of their own name.
+var notOptions = map[string]bool{"host": true, "dynamic_upstreams": true}
+
 // appOptionNames lists the options of an app, for error messages.
-var appOptionNames = strings.Join(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return n == "host" }), "instance"), ", ")
+var appOptionNames = strings.Join(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return notOptions[n] }),
+	"instance", "dynamic"), ", ")
 
 // isAppOption reports whether name is an option of an app block.
 func isAppOption(name string) bool {
 	_, ok := appFields.ByName[name]
-	return (ok && name != "host") || name == "instance"
+	return (ok && !notOptions[name]) || name == "instance" || name == "dynamic"
 }
 
 // caddyfileParser reads one load_balancer directive.
@@ -200,6 +205,9 @@ func (p *caddyfileParser) parseApp() error {
 func (p *caddyfileParser) parseOption(a *appParser) error {
 	d := p.d
 	opt := d.Val()
+	if opt == "dynamic" {
+		return p.parseDynamic(a)
+	}
 	args := d.RemainingArgs()
 	switch opt {
 	case "instances":
@@ -311,6 +319,27 @@ func (p *caddyfileParser) parseHeaders(a *appParser, opt string, args []string, 
 		return errAt(a.seen[opt], fmt.Errorf("app %q: %s: want a block with a line per header: <name> <values...>", a.name, opt))
 	}
 	field.Set(reflect.ValueOf(headers))
+	return nil
+}
+
+// parseDynamic reads the dynamic line (and block) of app, as
+// reverse_proxy's: dynamic <source> [<args...>] [{ ... }], the source's
+// syntax being its module's. The cursor is on "dynamic".
+func (p *caddyfileParser) parseDynamic(a *appParser) error {
+	d := p.d
+	if _, dup := a.seen["dynamic_upstreams"]; dup {
+		return p.errf(a, "dynamic already specified")
+	}
+	a.seen["dynamic_upstreams"] = d.Token()
+	if !d.NextArg() {
+		return p.errf(a, "dynamic: want a source (a, srv, multi, etcd...)")
+	}
+	name := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.upstreams."+name)
+	if err != nil {
+		return p.errf(a, "dynamic: %w", err)
+	}
+	a.app.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(mod, "source", name, nil)
 	return nil
 }
 

@@ -98,3 +98,10 @@ func (h *Handler) onChange(app *App) func(backend.Change) {
 		}
 	}
 }
+
+// onMembership reports that the discovered instance in joined (event
+// backend.EventAdded) or left (backend.EventRemoved) the app, for reason:
+// a log line and the event load_balancer.instance_added or _removed.
+func (a *App) onMembership(in *backend.Instance, event backend.Event, reason string) {
+	a.onChange(backend.Change{Event: event, Instance: in, Reason: reason})
+}

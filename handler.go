@@ -90,7 +90,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	for _, app := range h.Apps {
+		if err := app.loadSource(ctx); err != nil {
+			return err
+		}
 		app.attach(h.logger, ctx.Done(), h.onChange(app))
+		if app.dynamic != nil {
+			app.subscribe()
+		}
 	}
 	if h.unmetrics, err = registerMetrics(ctx.GetMetricsRegistry(), h); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
@@ -113,29 +119,47 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 }
 
 // adopt makes this config the one in charge of its instances: their
-// weights, policies and health check settings are its own from now on.
-// (Changes of their state are logged and emitted as its events from the
-// moment it runs, see sharedInstance.notify.)
+// weights, policies and health check settings are its own from now on, and
+// it watches its apps' sources. (Changes of their state are logged and
+// emitted as its events from the moment it runs, see
+// sharedInstance.notify.)
 func (h *Handler) adopt() {
 	now := backend.Now()
 	for _, app := range h.Apps {
-		var added []*backend.Instance
-		serving := false // some instance of the app served before this config
-		for i, s := range app.shared {
-			if s.in.Configure(app.weights[i], &app.passive, now) {
-				added = append(added, s.in)
-			} else {
-				serving = true
-			}
-			if s.monitor != nil {
-				s.monitor.Run(app.health)
-			}
+		app.adopt(now, h.logger)
+	}
+}
+
+// adopt applies the app's settings to its instances at now and starts their
+// health checks; instances new to an app that served before this config
+// ramp up (slow start).
+func (a *App) adopt(now int64, logger *zap.Logger) {
+	if a.dynamic != nil {
+		a.dynamic.mu.Lock()
+		defer a.dynamic.mu.Unlock()
+	}
+	m := a.members.Load()
+	var added []*target
+	serving := false // some instance of the app served before this config
+	for _, in := range a.pool.All() {
+		t := m.targets[in]
+		if t.in.Configure(t.weight, &a.passive, now) {
+			added = append(added, t)
+		} else {
+			serving = true
 		}
-		if serving {
-			for _, in := range added {
-				in.StartSlowStart(now)
-			}
+		if t.shared.monitor != nil {
+			t.shared.monitor.Run(a.health)
 		}
+	}
+	if serving {
+		for _, t := range added {
+			t.in.StartSlowStart(now)
+		}
+	}
+	a.serving.Store(true)
+	if a.dynamic != nil {
+		a.watch(logger)
 	}
 }
 
@@ -182,11 +206,14 @@ func (h *Handler) Cleanup() error {
 		if app == nil {
 			continue
 		}
+		if app.dynamic != nil {
+			app.unsubscribe()
+		}
 		if app.transport != nil {
 			app.retired.Store(true)
 			app.transport.CloseIdleConnections()
 		}
-		app.release(h.ctx.Done())
+		app.release()
 	}
 	return nil
 }

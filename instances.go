@@ -1,6 +1,7 @@
 package caddylb
 
 import (
+	"net/url"
 	"slices"
 	"sync"
 
@@ -95,51 +96,100 @@ func (s *sharedInstance) Destruct() error {
 	return nil
 }
 
-// attach takes the app's instances from instanceStates, making those new
-// to it, and builds what proxying to them takes. Every key taken is
-// released by release, also when Provision fails later.
-// The changes of state of its instances are reported with onChange while
-// this config is in charge of them (see sharedInstance.notify); config is
-// its Done channel.
+// members are an app's instances at one time, with what serving each
+// takes. They are replaced whole when they change (a discovered instance
+// comes or goes), so that the request path reads them with one atomic load.
+type members struct {
+	targets map[*backend.Instance]*target
+	pinned  map[string]*backend.Instance // by sticky cookie value; nil without sticky_cookie
+}
+
+// attach takes the app's configured instances from instanceStates, making
+// those new to it, and builds what proxying to them takes. Every key taken
+// is released by release, also when Provision fails later. The changes of
+// state of its instances are reported with onChange while this config is
+// in charge of them (see sharedInstance.notify); config is its Done
+// channel.
 func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
-	a.transport = newTransport(a.timeout)
-	errorLog := zap.NewStdLog(logger.With(zap.String("app", a.name)))
-	a.targets = make(map[*backend.Instance]*target, len(a.urls))
+	a.config, a.onChange = config, onChange
+	a.errorLog = zap.NewStdLog(logger.With(zap.String("app", a.name)))
+	a.dial = dialer(a.timeout).DialContext
+	if a.dynamic != nil {
+		a.dial = a.dynamic.resolver.DialContext
+	}
+	a.transport = newTransport(a.timeout, a.dial)
+	if a.StickyCookie != "" {
+		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name)
+	}
+	m := &members{targets: make(map[*backend.Instance]*target, len(a.urls))}
 	instances := make([]*backend.Instance, 0, len(a.urls))
 	for i, u := range a.urls {
-		key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
-		v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
-			s := &sharedInstance{key: key, in: backend.New(u, a.weights[i], &a.passive, backend.Now())}
-			s.in.SetOnChange(s.notify)
-			if a.probes != nil {
-				s.monitor = health.NewMonitor(s.in, a.probes[i], newProbeTransport())
-			}
-			return s, nil
-		})
-		s := v.(*sharedInstance)
-		s.addListener(config, onChange)
-		a.shared = append(a.shared, s)
-		instances = append(instances, s.in)
-		a.targets[s.in] = &target{proxy: newProxy(u, a.transport, errorLog), logField: accessLogField(a.name, s.in)}
+		t := a.newTarget(u, a.weights[i], false)
+		m.targets[t.in] = t
+		instances = append(instances, t.in)
 	}
+	a.static = instances
 	a.pool = backend.NewPool(instances...)
 	a.pool.SetPanicThreshold(a.panic)
 	a.budget.percent = a.retry.budget
-	if a.StickyCookie != "" {
-		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name, instances)
-		for value, in := range a.sticky.instances {
-			t := a.targets[in]
-			t.cookie, t.secureCookie = a.sticky.setCookie(value)
-		}
-	}
+	a.setMembers(m)
 }
 
-// release gives back the instances attach took; config is the Done channel
-// of the app's config.
-func (a *App) release(config <-chan struct{}) {
-	for _, s := range a.shared {
-		s.removeListener(config)
-		_, _ = instanceStates.Delete(s.key)
+// newTarget takes the state of the instance at u (with weight, if it is
+// new) from instanceStates and returns what proxying to it takes.
+func (a *App) newTarget(u *url.URL, weight int, dynamic bool) *target {
+	key := a.pattern + "\x00" + u.String() + "\x00" + a.healthKey
+	v, _, _ := instanceStates.LoadOrNew(key, func() (caddy.Destructor, error) {
+		policy := &a.passive
+		if dynamic && a.health != nil {
+			// A discovered instance gets traffic after its first passing
+			// check: new pods are often not ready yet.
+			p := a.passive
+			p.InitiallyUnhealthy = true
+			policy = &p
+		}
+		s := &sharedInstance{key: key, in: backend.New(u, weight, policy, backend.Now())}
+		s.in.SetOnChange(s.notify)
+		if a.health != nil {
+			s.monitor = health.NewMonitor(s.in, probeURL(u, a.healthURI, a.HealthPort), newProbeTransport(a.dial))
+		}
+		return s, nil
+	})
+	s := v.(*sharedInstance)
+	s.addListener(a.config, a.onChange)
+	t := &target{shared: s, in: s.in, weight: weight, dynamic: dynamic, proxy: newProxy(u, a.transport, a.errorLog), logField: accessLogField(a.name, s.in)}
+	if a.sticky != nil {
+		t.cookieValue = a.sticky.value(s.in)
+		t.cookie, t.secureCookie = a.sticky.setCookie(t.cookieValue)
 	}
-	a.shared = nil
+	return t
+}
+
+// setMembers makes m the app's members, with its sticky cookie index.
+func (a *App) setMembers(m *members) {
+	if a.sticky != nil {
+		m.pinned = make(map[string]*backend.Instance, len(m.targets))
+		for in, t := range m.targets {
+			m.pinned[t.cookieValue] = in
+		}
+	}
+	a.members.Store(m)
+}
+
+// release gives back the instances the app took, configured and
+// discovered.
+func (a *App) release() {
+	if m := a.members.Load(); m != nil {
+		for _, t := range m.targets {
+			t.release(a.config)
+		}
+	}
+	a.releaseLeaving(true)
+}
+
+// release gives back the state of t's instance; config is the Done channel
+// of its app's config.
+func (t *target) release(config <-chan struct{}) {
+	t.shared.removeListener(config)
+	_, _ = instanceStates.Delete(t.shared.key)
 }

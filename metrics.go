@@ -157,7 +157,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				k := key{app.name, in.String()}
 				im := instanceMetrics{
 					app: k.app, instance: k.instance,
-					healthy: in.Healthy(), state: in.Status().State, checked: app.probes != nil,
+					healthy: in.Healthy(), state: in.Status().State, checked: app.health != nil,
 					inFlight: in.InFlight(), weight: in.Weight(), m: in.Metrics(),
 				}
 				if i, ok := index[k]; ok {

@@ -13,8 +13,21 @@ func (h *Handler) ReportApps() []report.App {
 	now := backend.Now()
 	for _, app := range h.Apps {
 		ra := report.App{Host: app.Host, Strategy: app.strategyName, Panic: app.pool.Panicking()}
+		if source, n, updated, lastError, ok := app.dynamicReport(); ok {
+			ra.Dynamic = &report.Dynamic{Source: source, Instances: n, LastError: lastError}
+			if !updated.IsZero() {
+				u := updated.UTC()
+				ra.Dynamic.Updated = &u
+			}
+		}
+		m := app.members.Load()
 		for _, in := range app.pool.All() {
-			ra.Instances = append(ra.Instances, reportInstance(in, now))
+			ri := reportInstance(in, now)
+			ri.Source = "config"
+			if t := m.targets[in]; t != nil && t.dynamic {
+				ri.Source = "dynamic"
+			}
+			ra.Instances = append(ra.Instances, ri)
 		}
 		apps = append(apps, ra)
 	}

@@ -38,13 +38,13 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	var tried [MaxRetries + 1]*backend.Instance
 	var failed error // the last attempt's
 	for n := 0; ; n++ {
-		in, trial, pinned := a.pick(r, tried[:n])
+		m := a.members.Load()
+		in, trial, pinned := a.pick(r, m, tried[:n])
 		if in == nil && failed != nil {
 			return failed // no other instance to retry on
 		}
 		if in == nil {
-			return caddyhttp.Error(http.StatusServiceUnavailable,
-				fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances))
+			return caddyhttp.Error(http.StatusServiceUnavailable, a.unavailable())
 		}
 		if n > 0 {
 			// A retry: it counts for the instance that failed the attempt.
@@ -53,7 +53,11 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 				repl.Set("http.load_balancer.retries", n)
 			}
 		}
-		t := a.targets[in]
+		t := m.targets[in]
+		if t == nil {
+			// Discovered, and left the set since these members were read.
+			t = a.members.Load().targets[in]
+		}
 		if repl != nil {
 			repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
 		}
@@ -94,9 +98,9 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 // pick returns the instance for r's next attempt, none of tried if
 // possible, and whether it is an ejected instance's trial request and
 // whether r's sticky cookie named it. nil means no instance is available.
-func (a *App) pick(r *http.Request, tried []*backend.Instance) (in *backend.Instance, trial, pinned bool) {
+func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *backend.Instance, trial, pinned bool) {
 	if a.sticky != nil && len(tried) == 0 {
-		if in = a.sticky.pinned(r); in != nil {
+		if in = a.sticky.pinned(r, m); in != nil {
 			if ok, trial := a.pool.Admit(in); ok {
 				return in, trial, true
 			}
@@ -148,4 +152,13 @@ func contains(list []*backend.Instance, in *backend.Instance) bool {
 		}
 	}
 	return false
+}
+
+// unavailable is why no instance of the app can take a request: none is
+// available, or it has none at all (its source gave an empty set).
+func (a *App) unavailable() error {
+	if len(a.pool.All()) == 0 && a.dynamic != nil {
+		return fmt.Errorf("app %q: %w: its source %s has none", a.name, ErrNoInstances, a.dynamic.state.name)
+	}
+	return fmt.Errorf("app %q: %w", a.name, ErrNoHealthyInstances)
 }

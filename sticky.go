@@ -55,28 +55,24 @@ func (s *Stickiness) check() error {
 // an (available) instance or confirm a guess of its URL. A secret rules
 // that out.
 type stickyCookie struct {
-	name      string
-	instances map[string]*backend.Instance // by cookie value
+	name string
+	key  []byte // of the MAC
 }
 
-// newStickyCookie derives the cookie values of instances.
-func newStickyCookie(name, secret, app string, instances []*backend.Instance) *stickyCookie {
+// newStickyCookie returns the sticky cookie name of app, whose values are
+// signed with secret.
+func newStickyCookie(name, secret, app string) *stickyCookie {
 	h := sha256.New()
 	for _, part := range []string{"caddy-lb sticky_cookie v1", secret, app, name} {
 		h.Write([]byte(part))
 		h.Write([]byte{0})
 	}
-	key := h.Sum(nil)
-	sc := &stickyCookie{name: name, instances: make(map[string]*backend.Instance, len(instances))}
-	for _, in := range instances {
-		sc.instances[sc.value(key, in)] = in
-	}
-	return sc
+	return &stickyCookie{name: name, key: h.Sum(nil)}
 }
 
 // value returns the cookie value that names in.
-func (sc *stickyCookie) value(key []byte, in *backend.Instance) string {
-	mac := hmac.New(sha256.New, key)
+func (sc *stickyCookie) value(in *backend.Instance) string {
+	mac := hmac.New(sha256.New, sc.key)
 	mac.Write([]byte(in.URL().String()))
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:12])
 }
@@ -88,14 +84,14 @@ func (sc *stickyCookie) setCookie(value string) (plain, secure string) {
 	return plain, plain + "; Secure"
 }
 
-// pinned returns the instance r's cookie names if it is available, or nil.
-// It allocates nothing.
-func (sc *stickyCookie) pinned(r *http.Request) *backend.Instance {
+// pinned returns the instance r's cookie names among m's, if it is
+// available, or nil. It allocates nothing.
+func (sc *stickyCookie) pinned(r *http.Request, m *members) *backend.Instance {
 	v := cookie.Value(r.Header["Cookie"], sc.name)
 	if v == "" {
 		return nil
 	}
-	if in := sc.instances[v]; in != nil && in.Available() {
+	if in := m.pinned[v]; in != nil && in.Available() {
 		return in
 	}
 	return nil

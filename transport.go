@@ -1,6 +1,7 @@
 package caddylb
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"time"
@@ -16,10 +17,13 @@ import (
 // backends (which may speak HTTP/2) and whatever else the fast path leaves
 // out go through a standard http.Transport. The app's timeout applies to
 // dialing, the TLS handshake and waiting for response headers either way.
-func newTransport(timeout time.Duration) *upstream.Transport {
+//
+// dial dials the backends: a net.Dialer with the timeout, or the resolver
+// of discovered instances.
+func newTransport(timeout time.Duration, dial dialFunc) *upstream.Transport {
 	return &upstream.Transport{
-		Fallback:              newStdTransport(timeout),
-		DialContext:           dialer(timeout).DialContext,
+		Fallback:              newStdTransport(timeout, dial),
+		DialContext:           dial,
 		DialTimeout:           timeout,
 		TLSHandshakeTimeout:   timeout,
 		ResponseHeaderTimeout: timeout,
@@ -30,12 +34,12 @@ func newTransport(timeout time.Duration) *upstream.Transport {
 }
 
 // newStdTransport returns a standard transport with the same settings.
-func newStdTransport(timeout time.Duration) *http.Transport {
+func newStdTransport(timeout time.Duration, dial dialFunc) *http.Transport {
 	return &http.Transport{
 		// Backends are addressed directly: HTTP_PROXY and friends in
 		// Caddy's environment are not meant for them.
 		Proxy:                 nil,
-		DialContext:           dialer(timeout).DialContext,
+		DialContext:           dial,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
@@ -47,6 +51,10 @@ func newStdTransport(timeout time.Duration) *http.Transport {
 	}
 }
 
+// dialFunc dials backends, as net.Dialer.DialContext.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// dialer returns the dialer of backends, with timeout.
 func dialer(timeout time.Duration) *net.Dialer {
 	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 }
@@ -57,10 +65,10 @@ func dialer(timeout time.Duration) *net.Dialer {
 // idle connection there costs no goroutine, which counts when an app
 // checks thousands of instances. Each probe's context bounds it with the
 // app's timeout.
-func newProbeTransport() *upstream.Transport {
-	std := newStdTransport(probeTimeout)
+func newProbeTransport(dial dialFunc) *upstream.Transport {
+	std := newStdTransport(probeTimeout, dial)
 	std.MaxIdleConnsPerHost = 1
-	t := newTransport(probeTimeout)
+	t := newTransport(probeTimeout, dial)
 	t.Fallback, t.MaxIdlePerHost = std, 1
 	return t
 }

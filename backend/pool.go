@@ -11,8 +11,9 @@ import (
 var epoch atomic.Uint64
 
 // Pool is the ordered set of instances of one app. Make it with NewPool.
+// Its members may change (SetInstances) while it is used.
 type Pool struct {
-	all       []*Instance
+	all       atomic.Pointer[[]*Instance]
 	available atomic.Pointer[availableList]
 
 	// panicThreshold, in percent: below that share of available
@@ -31,7 +32,8 @@ type availableList struct {
 
 // NewPool returns a pool of the given instances, in that order.
 func NewPool(instances ...*Instance) *Pool {
-	p := &Pool{all: instances}
+	p := new(Pool)
+	p.all.Store(&instances)
 	// A list no epoch matches: the first Available builds the real one.
 	p.available.Store(&availableList{epoch: ^uint64(0)})
 	return p
@@ -46,7 +48,15 @@ func (p *Pool) SetPanicThreshold(percent int) { p.panicThreshold = percent }
 
 // All returns every instance of the pool in config order, available or not.
 // Callers must not modify the slice.
-func (p *Pool) All() []*Instance { return p.all }
+func (p *Pool) All() []*Instance { return *p.all.Load() }
+
+// SetInstances makes instances the pool's members, in that order, from
+// now on. The pool keeps the slice: callers must not modify it. Requests
+// under way on an instance that left finish as they would.
+func (p *Pool) SetInstances(instances []*Instance) {
+	p.all.Store(&instances)
+	epoch.Add(1)
+}
 
 // Available returns the instances that may receive new requests (healthy,
 // not draining, weight above 0, ejected ones only for their trial
@@ -94,12 +104,13 @@ func (p *Pool) Failed(in *Instance, now int64, reason string, trial bool) {
 	defer p.ejectMu.Unlock()
 	in.failed(now, reason, trial, func() bool {
 		ejected := 0
-		for _, x := range p.all {
+		all := p.All()
+		for _, x := range all {
 			if x != in && x.flags.Load()&flagEjected != 0 {
 				ejected++
 			}
 		}
-		allowed := max(1, len(p.all)*in.policy.Load().MaxEjectedPercent/100)
+		allowed := max(1, len(all)*in.policy.Load().MaxEjectedPercent/100)
 		return ejected < allowed
 	})
 }
@@ -111,9 +122,10 @@ func (p *Pool) rebuild() *availableList {
 	// next call sees a newer epoch and rebuilds again.
 	e := epoch.Load()
 	cur := p.available.Load()
-	list := make([]*Instance, 0, len(p.all))
+	all := p.All()
+	list := make([]*Instance, 0, len(all))
 	eligible := 0
-	for _, in := range p.all {
+	for _, in := range all {
 		if in.selWeight.Load() <= 0 || in.flags.Load()&flagDraining != 0 {
 			continue
 		}
@@ -126,7 +138,7 @@ func (p *Pool) rebuild() *availableList {
 	if p.panicThreshold > 0 && len(list)*100 < p.panicThreshold*eligible {
 		panicking = true
 		list = list[:0]
-		for _, in := range p.all {
+		for _, in := range all {
 			if in.selWeight.Load() > 0 && in.flags.Load()&flagDraining == 0 {
 				list = append(list, in)
 			}

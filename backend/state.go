@@ -79,6 +79,8 @@ const (
 	EventEjected   Event = "ejected"   // ejected by passive checks
 	EventDraining  Event = "draining"  // drained by the operator: no new requests
 	EventDrained   Event = "drained"   // draining, and its last request ended
+	EventAdded     Event = "added"     // a discovered instance joined its app
+	EventRemoved   Event = "removed"   // a discovered instance left its app
 	EventUndrained Event = "undrained" // back from draining
 )
 

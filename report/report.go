@@ -44,13 +44,34 @@ type App struct {
 	Strategy string `json:"strategy"`
 	// Panic says too few of the app's instances are available, so that
 	// it balances over all of them (see the app's panic_threshold).
-	Panic     bool       `json:"panic,omitempty"`
+	Panic bool `json:"panic,omitempty"`
+	// Dynamic describes the app's source of dynamic instances; absent
+	// without one.
+	Dynamic   *Dynamic   `json:"dynamic,omitempty"`
 	Instances []Instance `json:"instances"`
+}
+
+// Dynamic is an app's source of dynamic instances.
+type Dynamic struct {
+	// Source is the source module's name: a, srv, multi, etcd...
+	Source string `json:"source"`
+	// Instances is the number of valid instances the source gives now
+	// (entries skipped as malformed not counted).
+	Instances int `json:"instances"`
+	// Updated is when the source last answered with a set; absent before
+	// its first answer.
+	Updated *time.Time `json:"updated,omitempty"`
+	// LastError is why the source's last answer failed ("" if it did
+	// not); the last good set then stays in service.
+	LastError string `json:"last_error"`
 }
 
 // Instance is one backend instance of an app.
 type Instance struct {
 	URL string `json:"url"`
+	// Source says where the instance comes from: "config", or "dynamic"
+	// (the app's source of dynamic instances).
+	Source string `json:"source,omitempty"`
 	// State is one of healthy, starting (healthy, ramping up in slow
 	// start), unhealthy (failing active health checks), ejected (by
 	// passive health checks) and draining (no new requests, by the

@@ -1,0 +1,166 @@
+package discovery
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// Watcher is a source that pushes its set of instances whenever it
+// changes, as the etcd source does: Watch calls update with the first set
+// it learns and each one after, or with an error (the set then being the
+// last good one), until ctx ends. scheme is that of instances the source
+// gives as host:port. Watch returns when ctx ends.
+type Watcher interface {
+	Watch(ctx context.Context, scheme string, update func(Set))
+}
+
+// Poller asks sources of Caddy's http.reverse_proxy.upstreams namespace
+// (a, srv, multi, third-party ones) for their upstreams every Refresh, and
+// resolves the names among them through Resolver. The sources' own refresh
+// still bounds how often they look up.
+type Poller struct {
+	// Sources are asked in order, their upstreams put together (what
+	// multi does; a multi source is given as its sources).
+	Sources []reverseproxy.UpstreamSource
+	// Scheme of the instances: http, https or h2c.
+	Scheme string
+	// Refresh is the time between two polls.
+	Refresh time.Duration
+	// Timeout bounds each poll, lookups included.
+	Timeout time.Duration
+	// Resolver resolves the names the sources give.
+	Resolver *Resolver
+}
+
+// Watch implements Watcher by polling: a first poll at once, then one every
+// Refresh; update gets each set that differs from the last one sent, and
+// each failure.
+func (p *Poller) Watch(ctx context.Context, _ string, update func(Set)) {
+	var last Set
+	sent := false
+	for {
+		set := p.poll(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if set.Err != nil {
+			set.Instances, set.Updated, set.Skipped = last.Instances, last.Updated, last.Skipped
+		}
+		if !sent || set.Err != nil || last.Err != nil || !sameSet(set.Instances, last.Instances) || set.Skipped != last.Skipped {
+			update(set)
+			sent = true
+		}
+		last = set
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(p.Refresh):
+		}
+	}
+}
+
+// poll asks every source once.
+func (p *Poller) poll(ctx context.Context) Set {
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	r, err := pollRequest(ctx)
+	if err != nil {
+		return Set{Err: err}
+	}
+	var set Set
+	seen := map[string]bool{}
+	names := map[string]bool{}
+	for _, src := range p.Sources {
+		ups, err := src.GetUpstreams(r)
+		if err != nil {
+			return Set{Err: err}
+		}
+		for _, up := range ups {
+			u, err := InstanceURL(p.Scheme, up.Dial)
+			if err != nil || seen[u.Host] {
+				set.Skipped++
+				continue
+			}
+			if host := u.Hostname(); !isIP(host) {
+				if err := p.Resolver.Resolve(ctx, host); err != nil && !p.Resolver.Known(host) {
+					set.Skipped++ // left out until it resolves
+					continue
+				}
+				names[host] = true
+			}
+			seen[u.Host] = true
+			set.Instances = append(set.Instances, Instance{URL: u, Weight: 1})
+		}
+	}
+	p.Resolver.Forget(names)
+	set.Updated = time.Now()
+	return set
+}
+
+// pollRequest is the request the sources are asked with: Caddy's sources
+// read its context's replacer (for placeholders in their config), and
+// look up within its context.
+func pollRequest(ctx context.Context) (*http.Request, error) {
+	ctx = context.WithValue(ctx, caddy.ReplacerCtxKey, caddy.NewReplacer())
+	return http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/", nil)
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
+}
+
+// sameSet reports whether a and b are the same instances with the same
+// weights and drain flags, in the same order.
+func sameSet(a, b []Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if *a[i].URL != *b[i].URL || a[i].Weight != b[i].Weight || a[i].Draining != b[i].Draining {
+			return false
+		}
+	}
+	return true
+}
+
+// SourcesOf returns the sources a source stands for: a multi source's
+// sources (themselves expanded), or the source itself; and the DNS servers
+// its names resolve through, those of the first a or srv source among them
+// that has some (Caddy's resolvers option).
+func SourcesOf(src reverseproxy.UpstreamSource, nested func(*reverseproxy.MultiUpstreams) ([]reverseproxy.UpstreamSource, error)) ([]reverseproxy.UpstreamSource, []string, error) {
+	switch s := src.(type) {
+	case *reverseproxy.MultiUpstreams:
+		inner, err := nested(s)
+		if err != nil {
+			return nil, nil, err
+		}
+		var all []reverseproxy.UpstreamSource
+		var servers []string
+		for _, in := range inner {
+			srcs, srv, err := SourcesOf(in, nested)
+			if err != nil {
+				return nil, nil, err
+			}
+			all = append(all, srcs...)
+			if servers == nil {
+				servers = srv
+			}
+		}
+		return all, servers, nil
+	case *reverseproxy.SRVUpstreams:
+		if s.Resolver != nil {
+			return []reverseproxy.UpstreamSource{src}, s.Resolver.Addresses, nil
+		}
+	case *reverseproxy.AUpstreams:
+		if s.Resolver != nil {
+			return []reverseproxy.UpstreamSource{src}, s.Resolver.Addresses, nil
+		}
+	}
+	return []reverseproxy.UpstreamSource{src}, nil, nil
+}
