@@ -411,6 +411,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		v = br.readDashboard()
 		return len(v.Rows) == 3
 	})
+	if len(v.Apps) != 1 || !strings.Contains(v.Apps[0], "instances from etcd") {
+		t.Errorf("the stand-in's app shows %q, want its source named", v.Apps)
+	}
+	if r, _ := v.row("http://draining.test"); !strings.HasSuffix(r.Cells[0], "dynamic") {
+		t.Errorf("a dynamic instance's row header is %q, want it marked dynamic", r.Cells[0])
+	}
 	tests := []struct {
 		url, state, class, button, cells string
 	}{
@@ -435,8 +441,9 @@ func TestDashboardInBrowser(t *testing.T) {
 // dashStandInReport is a report with the fields our load balancer does
 // not fill yet.
 const dashStandInReport = `{"drain_available": true, "apps": [{"host": "static.example.com", "strategy": "first",
+	"dynamic": {"source": "etcd", "instances": 1, "updated": "2026-12-06T10:00:00Z", "last_error": ""},
 	"instances": [
-		{"url": "http://draining.test", "healthy": true, "state": "draining", "total_requests": 1200,
+		{"url": "http://draining.test", "source": "dynamic", "healthy": true, "state": "draining", "total_requests": 1200,
 		 "request_rate": 12.5, "error_rate": 0.01, "latency_p50_ms": 3.5, "latency_p99_ms": 120.4},
 		{"url": "http://ejected.test", "healthy": false, "state": "ejected", "request_rate": 0, "error_rate": 0.25},
 		{"url": "http://starting.test", "healthy": true, "state": "starting"}]}]}`

@@ -3,6 +3,7 @@ package caddylb
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -114,53 +115,84 @@ func (a *App) loadSource(ctx caddy.Context) error {
 	if !a.discovery.on {
 		return nil
 	}
-	mod, err := ctx.LoadModule(&a.Discovery, "DynamicUpstreamsRaw")
+	mods, name, err := loadUpstreamSources(ctx, a.DynamicUpstreamsRaw, 0)
 	if err != nil {
 		return a.namedError("dynamic_upstreams", err)
 	}
-	var src struct {
-		Source string `json:"source"`
-	}
-	_ = json.Unmarshal(a.DynamicUpstreamsRaw, &src)
 	d := &dynamicInstances{current: map[string]*target{}, drained: map[string]bool{}}
 	var servers []string
-	switch m := mod.(type) {
-	case discovery.Watcher:
-		d.watcher = m
-	case reverseproxy.UpstreamSource:
-		srcs, srv, err := discovery.SourcesOf(m, func(mu *reverseproxy.MultiUpstreams) ([]reverseproxy.UpstreamSource, error) {
-			nested, err := ctx.LoadModule(mu, "SourcesRaw")
-			if err != nil {
-				return nil, err
+	var polled []reverseproxy.UpstreamSource
+	for _, mod := range mods {
+		switch m := mod.(type) {
+		case discovery.Watcher:
+			if len(mods) > 1 {
+				return a.namedError("dynamic_upstreams", fmt.Errorf("source %T is watched: it cannot be one of a multi source's", m))
 			}
-			var out []reverseproxy.UpstreamSource
-			for _, n := range nested.([]any) {
-				out = append(out, n.(reverseproxy.UpstreamSource))
+			d.watcher = m
+		case reverseproxy.UpstreamSource:
+			polled = append(polled, m)
+			if servers == nil {
+				servers = discovery.ResolversOf(m)
 			}
-			return out, nil
-		})
-		if err != nil {
-			return a.namedError("dynamic_upstreams", err)
+		default:
+			return a.namedError("dynamic_upstreams", fmt.Errorf("module %T is not an upstream source", mod))
 		}
-		servers = srv
-		d.watcher = &discovery.Poller{Sources: srcs, Scheme: a.discovery.scheme, Refresh: a.discovery.refresh,
-			Timeout: max(a.timeout, a.discovery.refresh)}
-	default:
-		return a.namedError("dynamic_upstreams", fmt.Errorf("module %q (%T) is not an upstream source", src.Source, mod))
 	}
 	if d.resolver, err = discovery.NewResolver(servers, a.timeout); err != nil {
 		return a.namedError("dynamic_upstreams", err)
 	}
-	if p, ok := d.watcher.(*discovery.Poller); ok {
-		p.Resolver = d.resolver
+	if d.watcher == nil {
+		d.watcher = &discovery.Poller{Sources: polled, Scheme: a.discovery.scheme, Refresh: a.discovery.refresh,
+			Timeout: max(a.timeout, a.discovery.refresh), Resolver: d.resolver}
 	}
 	d.key = a.pattern + "\x00" + string(a.DynamicUpstreamsRaw) + "\x00" + a.discovery.scheme
 	v, _, _ := sources.LoadOrNew(d.key, func() (caddy.Destructor, error) {
-		return &sourceState{name: src.Source}, nil
+		return &sourceState{name: name}, nil
 	})
 	d.state = v.(*sourceState)
 	a.dynamic = d
 	return nil
+}
+
+// loadUpstreamSources loads the upstream source module of raw (JSON with
+// its name under "source") and returns it, or for a multi source the
+// modules of its sources, in order; and the source's name.
+func loadUpstreamSources(ctx caddy.Context, raw json.RawMessage, depth int) ([]any, string, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, "", err
+	}
+	var name string
+	if err := json.Unmarshal(fields["source"], &name); err != nil || name == "" {
+		return nil, "", errors.New(`want the source module's name under "source"`)
+	}
+	if name == "multi" && depth < 8 {
+		var multi struct {
+			Sources []json.RawMessage `json:"sources"`
+		}
+		if err := json.Unmarshal(raw, &multi); err != nil {
+			return nil, name, err
+		}
+		var all []any
+		for i, r := range multi.Sources {
+			mods, _, err := loadUpstreamSources(ctx, r, depth+1)
+			if err != nil {
+				return nil, name, fmt.Errorf("sources[%d]: %w", i, err)
+			}
+			all = append(all, mods...)
+		}
+		return all, name, nil
+	}
+	delete(fields, "source")
+	conf, err := json.Marshal(fields)
+	if err != nil {
+		return nil, name, err
+	}
+	mod, err := ctx.LoadModuleByID("http.reverse_proxy.upstreams."+name, conf)
+	if err != nil {
+		return nil, name, err
+	}
+	return []any{mod}, name, nil
 }
 
 // namedError is the error of the option field of the app.

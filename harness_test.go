@@ -125,6 +125,16 @@ func (s *site) tryLoad(body string) error {
 	return caddy.Load(adapt(s.t, s.caddyfile(body)), true)
 }
 
+// tryLoadErr is tryLoad for configs that may not adapt: the adapter's
+// error is returned too.
+func (s *site) tryLoadErr(body string) error {
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(s.caddyfile(body)), nil)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(cfg, true)
+}
+
 // url returns the URL of path on the site.
 func (s *site) url(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", s.port, path)

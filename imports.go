@@ -4,4 +4,5 @@ package caddylb
 // this module (xcaddy --with github.com/golb/caddy-lb) brings them too.
 import (
 	_ "github.com/golb/caddy-lb/dashboard"
+	_ "github.com/golb/caddy-lb/discovery/etcd"
 )

@@ -56,8 +56,17 @@ var (
 		"Times the instance was ejected by passive health checking.",
 		labelsInstance, nil)
 
+	labelsSource       = []string{"app", "source"}
+	descDynamicUpdates = prometheus.NewDesc(metricsPrefix+"dynamic_updates_total",
+		"Sets of instances the app's dynamic source answered with.", labelsSource, nil)
+	descDynamicErrors = prometheus.NewDesc(metricsPrefix+"dynamic_errors_total",
+		"Failed attempts to learn the app's set from its dynamic source (the last good set stays).", labelsSource, nil)
+	descDynamicInstances = prometheus.NewDesc(metricsPrefix+"dynamic_instances",
+		"Instances the app's dynamic source gives now.", labelsSource, nil)
+
 	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descRequests,
-		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections}
+		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
+		descDynamicUpdates, descDynamicErrors, descDynamicInstances}
 )
 
 // stateLabels are the values of the state label.
@@ -171,6 +180,28 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for i := range series {
 		series[i].collect(ch)
+	}
+	collectSources(ch, handlers)
+}
+
+// collectSources reports the dynamic sources of the handlers' apps, each
+// once (apps of one host and source share it).
+func collectSources(ch chan<- prometheus.Metric, handlers []*Handler) {
+	seen := map[*sourceState]bool{}
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			if app.dynamic == nil || seen[app.dynamic.state] {
+				continue
+			}
+			st := app.dynamic.state
+			seen[st] = true
+			st.mu.Lock()
+			n := len(st.set.Instances)
+			st.mu.Unlock()
+			ch <- prometheus.MustNewConstMetric(descDynamicUpdates, prometheus.CounterValue, float64(st.updates.Load()), app.name, st.name)
+			ch <- prometheus.MustNewConstMetric(descDynamicErrors, prometheus.CounterValue, float64(st.errors.Load()), app.name, st.name)
+			ch <- prometheus.MustNewConstMetric(descDynamicInstances, prometheus.GaugeValue, float64(n), app.name, st.name)
+		}
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -98,6 +100,10 @@ func (p *Poller) poll(ctx context.Context) Set {
 		}
 	}
 	p.Resolver.Forget(names)
+	// In a stable order: sources may answer in any (Go's SRV lookups
+	// shuffle records of equal priority), and a set that only changed
+	// order is no change.
+	slices.SortFunc(set.Instances, func(a, b Instance) int { return strings.Compare(a.URL.String(), b.URL.String()) })
 	set.Updated = time.Now()
 	return set
 }
@@ -129,38 +135,19 @@ func sameSet(a, b []Instance) bool {
 	return true
 }
 
-// SourcesOf returns the sources a source stands for: a multi source's
-// sources (themselves expanded), or the source itself; and the DNS servers
-// its names resolve through, those of the first a or srv source among them
-// that has some (Caddy's resolvers option).
-func SourcesOf(src reverseproxy.UpstreamSource, nested func(*reverseproxy.MultiUpstreams) ([]reverseproxy.UpstreamSource, error)) ([]reverseproxy.UpstreamSource, []string, error) {
+// ResolversOf returns the DNS servers a source looks up through, as its
+// config gives them (Caddy's a and srv sources: their resolvers option);
+// none for the machine's resolver.
+func ResolversOf(src reverseproxy.UpstreamSource) []string {
 	switch s := src.(type) {
-	case *reverseproxy.MultiUpstreams:
-		inner, err := nested(s)
-		if err != nil {
-			return nil, nil, err
-		}
-		var all []reverseproxy.UpstreamSource
-		var servers []string
-		for _, in := range inner {
-			srcs, srv, err := SourcesOf(in, nested)
-			if err != nil {
-				return nil, nil, err
-			}
-			all = append(all, srcs...)
-			if servers == nil {
-				servers = srv
-			}
-		}
-		return all, servers, nil
 	case *reverseproxy.SRVUpstreams:
 		if s.Resolver != nil {
-			return []reverseproxy.UpstreamSource{src}, s.Resolver.Addresses, nil
+			return s.Resolver.Addresses
 		}
 	case *reverseproxy.AUpstreams:
 		if s.Resolver != nil {
-			return []reverseproxy.UpstreamSource{src}, s.Resolver.Addresses, nil
+			return s.Resolver.Addresses
 		}
 	}
-	return []reverseproxy.UpstreamSource{src}, nil, nil
+	return nil
 }

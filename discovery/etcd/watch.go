@@ -78,26 +78,44 @@ func (w *watch) run(ctx context.Context) error {
 	// rather than left silent, and the client moves to another member.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range s.client.Watch(wctx, s.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-		if err := wr.Err(); err != nil {
-			if wr.CompactRevision != 0 {
-				return fmt.Errorf("watching %s: revision compacted, listing again", s.Prefix)
+	watch := s.client.Watch(wctx, s.Prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	// The client retries a lost connection on its own, with the watch
+	// silent meanwhile: a read every dial_timeout tells that etcd cannot
+	// be reached.
+	tick := time.NewTicker(s.timeout)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			rctx, rcancel := context.WithTimeout(ctx, s.timeout)
+			_, err := s.client.Get(rctx, s.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			rcancel()
+			if err != nil {
+				return fmt.Errorf("reaching etcd: %w", err)
 			}
-			return fmt.Errorf("watching %s: %w", s.Prefix, err)
-		}
-		for _, ev := range wr.Events {
-			key := string(ev.Kv.Key)
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(w.entries, key)
-				continue
+		case wr, ok := <-watch:
+			if !ok {
+				return errors.New("watch ended")
 			}
-			w.put(key, ev.Kv.Value, ev.Kv.ModRevision)
-		}
-		if len(wr.Events) > 0 {
-			w.publish()
+			if err := wr.Err(); err != nil {
+				if wr.CompactRevision != 0 {
+					return fmt.Errorf("watching %s: revision compacted, listing again", s.Prefix)
+				}
+				return fmt.Errorf("watching %s: %w", s.Prefix, err)
+			}
+			for _, ev := range wr.Events {
+				key := string(ev.Kv.Key)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(w.entries, key)
+					continue
+				}
+				w.put(key, ev.Kv.Value, ev.Kv.ModRevision)
+			}
+			if len(wr.Events) > 0 {
+				w.publish()
+			}
 		}
 	}
-	return errors.New("watch ended")
 }
 
 // put sets the entry of key from its value at revision rev; a malformed
