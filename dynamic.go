@@ -17,6 +17,7 @@ import (
 	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/discovery"
 	"github.com/golb/caddy-lb/internal/running"
+	"github.com/golb/caddy-lb/strategy"
 )
 
 // DefaultDynamicRefresh is the default of dynamic_refresh.
@@ -323,6 +324,8 @@ func (a *App) apply(set discovery.Set) {
 	a.pool.SetInstances(append(slices.Clone(a.static), order...))
 	a.setMembers(a.membersLocked())
 	a.releaseLeavingLocked(false)
+	// Derived here rather than by the first request after the change.
+	strategy.Prepare(a.strategy, a.pool)
 }
 
 // start applies the running config's settings to the instance of t, at

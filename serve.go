@@ -37,6 +37,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	var tried [MaxRetries + 1]*backend.Instance
 	var failed error // the last attempt's
+	gone := 0        // picks of instances that had just left the app
 	for n := 0; ; n++ {
 		m := a.members.Load()
 		in, trial, pinned := a.pick(r, m, tried[:n])
@@ -46,17 +47,23 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if in == nil {
 			return caddyhttp.Error(http.StatusServiceUnavailable, a.unavailable())
 		}
+		t := m.targets[in]
+		if t == nil && gone < 3 {
+			// A discovered instance that left the app as it was picked:
+			// the pool no longer has it, pick again.
+			gone++
+			n--
+			continue
+		}
+		if t == nil {
+			return caddyhttp.Error(http.StatusServiceUnavailable, a.unavailable())
+		}
 		if n > 0 {
 			// A retry: it counts for the instance that failed the attempt.
 			tried[n-1].RecordRetry()
 			if repl != nil {
 				repl.Set("http.load_balancer.retries", n)
 			}
-		}
-		t := m.targets[in]
-		if t == nil {
-			// Discovered, and left the set since these members were read.
-			t = a.members.Load().targets[in]
 		}
 		if repl != nil {
 			repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL

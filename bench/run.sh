@@ -30,6 +30,14 @@ if ! command -v wrk >/dev/null 2>&1 && [[ " $* " != *" --help "* && " $* " != *"
 	"${sudo[@]}" apt-get update
 	"${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y wrk
 fi
+if [[ " $* " == *" --dynamic10k "* || " $* " == *" -dynamic10k "* ]] && ! command -v etcd >/dev/null 2>&1; then
+	echo "run.sh: etcd not found: installing the Debian package etcd-server" >&2
+	sudo=()
+	if [ "$(id -u)" != 0 ]; then
+		sudo=(sudo)
+	fi
+	"${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y etcd-server
+fi
 
 bin=$(mktemp -d "${TMPDIR:-/tmp}/lbbench-bin.XXXXXX")
 driver=

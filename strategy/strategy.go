@@ -172,3 +172,27 @@ func Names() []string {
 func simple[S Strategy](name string, newS func() S) {
 	Register(name, func(Options) (Strategy, error) { return newS(), nil })
 }
+
+// Prepare derives what the strategy derives from the pool's list of
+// available instances (a schedule, a sampling table, hashes), if that list
+// is new, so that a change of the pool (instances discovered or gone) costs
+// the request path nothing: the app calls it after changing the pool's
+// members. Strategies that derive nothing ignore it.
+func Prepare(s Strategy, pool *backend.Pool) {
+	if p, ok := s.(preparer); ok && len(pool.Available()) > 1 {
+		p.prepare(pool.Available())
+	}
+}
+
+// preparer is a strategy that derives state from a list of available
+// instances.
+type preparer interface {
+	prepare(list []*backend.Instance)
+}
+
+func (s *RoundRobin) prepare(list []*backend.Instance)       { s.schedule.get(list, newSchedule) }
+func (s *LeastConnections) prepare(list []*backend.Instance) { s.total.get(list, totalWeight) }
+func (s *LeastLatency) prepare(list []*backend.Instance)     { s.samplers.get(list, newSampler) }
+func (s *P2C) prepare(list []*backend.Instance)              { s.samplers.get(list, newSampler) }
+func (s *Random) prepare(list []*backend.Instance)           { s.samplers.get(list, newSampler) }
+func (s *Hash) prepare(list []*backend.Instance)             { s.lists.get(list, newHashList) }

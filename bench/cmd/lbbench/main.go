@@ -62,6 +62,9 @@ type options struct {
 	healthCooldown   time.Duration
 	healthSettle     time.Duration
 	healthDuration   time.Duration
+	dynamic10k       bool
+	dynamicInstances int
+	dynamicChurn     int
 	out              string
 	caddyBin         string
 	backendBin       string
@@ -122,6 +125,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.healthCooldown, "health-cooldown", time.Second, "health_check_cooldown for -health10k")
 	fs.DurationVar(&o.healthSettle, "health-settle", 10*time.Second, "wait after Caddy starts before measuring, for -health10k")
 	fs.DurationVar(&o.healthDuration, "health-duration", 30*time.Second, "measured time of each -health10k config")
+	fs.BoolVar(&o.dynamic10k, "dynamic10k", false, "also measure an app of many instances discovered through etcd, churning, against the same listed in the config")
+	fs.IntVar(&o.dynamicInstances, "dynamic-instances", 10000, "instances for -dynamic10k")
+	fs.IntVar(&o.dynamicChurn, "dynamic-churn", 100, "instances replaced every second for -dynamic10k")
 	fs.StringVar(&o.out, "out", "", "directory for the results (default: a new directory under $TMPDIR)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "the Caddy binary (built from ./cmd/caddy)")
 	fs.StringVar(&o.backendBin, "backend", "", "the backend binary (built from ./bench/backend)")
@@ -142,6 +148,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.rounds < 1 || o.duration < time.Second || o.warmup < 0 || *conns < 1 || *sleepConns < 1 || o.threads < 0 {
 		return o, fmt.Errorf("bad -rounds, -duration (≥1s), -warmup, -connections or -threads")
+	}
+	if o.dynamic10k && (o.dynamicInstances < 1 || o.dynamicChurn < 0) {
+		return o, fmt.Errorf("bad -dynamic-instances or -dynamic-churn")
 	}
 	if o.health10k && (o.healthInstances < 1 || o.healthCooldown <= 0 || o.healthDuration < time.Second) {
 		return o, fmt.Errorf("bad -health-instances, -health-cooldown or -health-duration")
@@ -284,6 +293,11 @@ func (b *bench) run() error {
 	}
 	if b.opt.health10k {
 		if err := b.healthMany(); err != nil {
+			return err
+		}
+	}
+	if b.opt.dynamic10k {
+		if err := b.dynamicMany(); err != nil {
 			return err
 		}
 	}
