@@ -284,7 +284,7 @@ func (a *App) apply(set discovery.Set) {
 	next := make(map[string]*target, len(set.Instances))
 	var order []*backend.Instance
 	for _, di := range set.Instances {
-		key := di.URL.String()
+		key := di.Key
 		if static[key] || next[key] != nil {
 			continue
 		}

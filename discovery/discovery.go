@@ -24,6 +24,8 @@ type Instance struct {
 	// URL is the instance's base URL: a scheme (http, https or h2c), a
 	// host (an IP, or a name resolved by Resolver) and a port.
 	URL *url.URL
+	// Key is URL as a string, made once: sets are compared by it.
+	Key string
 	// Weight is the instance's weight, 1 unless the source gives one.
 	Weight int
 	// Draining says the source wants the instance to take no new
@@ -76,4 +78,9 @@ func InstanceURL(scheme, addr string) (*url.URL, error) {
 		return nil, fmt.Errorf("address %q: want a host and a port", addr)
 	}
 	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(strings.TrimSuffix(host, "."), port)}, nil
+}
+
+// NewInstance returns the instance at u, of weight 1.
+func NewInstance(u *url.URL) Instance {
+	return Instance{URL: u, Key: u.String(), Weight: 1}
 }

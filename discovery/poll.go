@@ -96,14 +96,14 @@ func (p *Poller) poll(ctx context.Context) Set {
 				names[host] = true
 			}
 			seen[u.Host] = true
-			set.Instances = append(set.Instances, Instance{URL: u, Weight: 1})
+			set.Instances = append(set.Instances, NewInstance(u))
 		}
 	}
 	p.Resolver.Forget(names)
 	// In a stable order: sources may answer in any (Go's SRV lookups
 	// shuffle records of equal priority), and a set that only changed
 	// order is no change.
-	slices.SortFunc(set.Instances, func(a, b Instance) int { return strings.Compare(a.URL.String(), b.URL.String()) })
+	slices.SortFunc(set.Instances, func(a, b Instance) int { return strings.Compare(a.Key, b.Key) })
 	set.Updated = time.Now()
 	return set
 }
@@ -128,7 +128,7 @@ func sameSet(a, b []Instance) bool {
 		return false
 	}
 	for i := range a {
-		if *a[i].URL != *b[i].URL || a[i].Weight != b[i].Weight || a[i].Draining != b[i].Draining {
+		if a[i].Key != b[i].Key || a[i].Weight != b[i].Weight || a[i].Draining != b[i].Draining {
 			return false
 		}
 	}

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +21,10 @@ const maxWeight = 1_000_000
 
 // retryWait bounds the wait before listing again after a failure.
 const retryWait = 2 * time.Second
+
+// coalesceWait is how long changes must pause before a new set is
+// published.
+const coalesceWait = 20 * time.Millisecond
 
 // Watch implements discovery.Watcher: it lists the prefix, then watches
 // it from the next revision, and calls update with the set after the
@@ -49,6 +53,7 @@ type watch struct {
 	scheme  string
 	update  func(discovery.Set)
 	entries map[string]entry // by key
+	keys    []string         // of entries, sorted
 	updated time.Time
 }
 
@@ -69,6 +74,7 @@ func (w *watch) run(ctx context.Context) error {
 		return fmt.Errorf("listing %s: %w", s.Prefix, err)
 	}
 	w.entries = make(map[string]entry, len(resp.Kvs))
+	w.keys = w.keys[:0]
 	for _, kv := range resp.Kvs {
 		w.put(string(kv.Key), kv.Value, kv.ModRevision)
 	}
@@ -84,8 +90,15 @@ func (w *watch) run(ctx context.Context) error {
 	// be reached.
 	tick := time.NewTicker(s.timeout)
 	defer tick.Stop()
+	// Changes are published once they pause for coalesceWait: a burst of
+	// them (a deployment replacing many instances) makes one new set.
+	coalesce := time.NewTimer(time.Hour)
+	coalesce.Stop()
+	defer coalesce.Stop()
 	for {
 		select {
+		case <-coalesce.C:
+			w.publish()
 		case <-tick.C:
 			rctx, rcancel := context.WithTimeout(ctx, s.timeout)
 			_, err := s.client.Get(rctx, s.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -106,13 +119,13 @@ func (w *watch) run(ctx context.Context) error {
 			for _, ev := range wr.Events {
 				key := string(ev.Kv.Key)
 				if ev.Type == clientv3.EventTypeDelete {
-					delete(w.entries, key)
+					w.remove(key)
 					continue
 				}
 				w.put(key, ev.Kv.Value, ev.Kv.ModRevision)
 			}
 			if len(wr.Events) > 0 {
-				w.publish()
+				coalesce.Reset(coalesceWait)
 			}
 		}
 	}
@@ -121,6 +134,10 @@ func (w *watch) run(ctx context.Context) error {
 // put sets the entry of key from its value at revision rev; a malformed
 // value skips the key, with one warning per key and revision.
 func (w *watch) put(key string, value []byte, rev int64) {
+	if _, ok := w.entries[key]; !ok {
+		i, _ := slices.BinarySearch(w.keys, key)
+		w.keys = slices.Insert(w.keys, i, key)
+	}
 	in, err := parseValue(value, w.scheme)
 	if err != nil {
 		w.s.logger.Warn("skipping a malformed value", zap.String("key", key), zap.Int64("revision", rev), zap.Error(err))
@@ -130,46 +147,49 @@ func (w *watch) put(key string, value []byte, rev int64) {
 	w.entries[key] = entry{in: in}
 }
 
-// publish hands the current set to update: the instances by key order,
-// each URL once (the first key wins).
-func (w *watch) publish() {
-	keys := make([]string, 0, len(w.entries))
-	for k := range w.entries {
-		keys = append(keys, k)
+// remove drops the entry of key.
+func (w *watch) remove(key string) {
+	if _, ok := w.entries[key]; !ok {
+		return
 	}
-	sort.Strings(keys)
-	set := discovery.Set{Updated: time.Now()}
-	seen := make(map[string]bool, len(keys))
-	for _, k := range keys {
+	delete(w.entries, key)
+	if i, found := slices.BinarySearch(w.keys, key); found {
+		w.keys = slices.Delete(w.keys, i, i+1)
+	}
+}
+
+// set returns the current set: the instances by key order, each URL once
+// (the first key wins).
+func (w *watch) set() discovery.Set {
+	set := discovery.Set{Instances: make([]discovery.Instance, 0, len(w.keys))}
+	seen := make(map[string]bool, len(w.keys))
+	for _, k := range w.keys {
 		e := w.entries[k]
-		if e.skipped || seen[e.in.URL.String()] {
+		if e.skipped || seen[e.in.Key] {
 			set.Skipped++
 			continue
 		}
-		seen[e.in.URL.String()] = true
+		seen[e.in.Key] = true
 		set.Instances = append(set.Instances, e.in)
 	}
+	return set
+}
+
+// publish hands the current set to update.
+func (w *watch) publish() {
+	set := w.set()
+	set.Updated = time.Now()
 	w.updated = set.Updated
 	w.update(set)
 }
 
 // fail hands the last set to update with err.
 func (w *watch) fail(err error) {
-	set := discovery.Set{Err: err, Updated: w.updated}
+	set := discovery.Set{}
 	if !w.updated.IsZero() {
-		keys := make([]string, 0, len(w.entries))
-		for k := range w.entries {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			if e := w.entries[k]; !e.skipped {
-				set.Instances = append(set.Instances, e.in)
-			} else {
-				set.Skipped++
-			}
-		}
+		set = w.set()
 	}
+	set.Err, set.Updated = err, w.updated
 	w.update(set)
 }
 
@@ -204,7 +224,7 @@ func parseValue(raw []byte, scheme string) (discovery.Instance, error) {
 	if err != nil {
 		return in, err
 	}
-	in.URL = u
+	in.URL, in.Key = u, u.String()
 	return in, nil
 }
 
