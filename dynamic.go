@@ -281,6 +281,9 @@ func (a *App) apply(set discovery.Set) {
 	for _, u := range a.urls {
 		static[u.String()] = true
 	}
+	// Newcomers ramp up (slow start) when others served before them:
+	// ramping the first instances of an app would change nothing.
+	others := len(a.static) > 0 || len(d.current) > 0
 	next := make(map[string]*target, len(set.Instances))
 	var order []*backend.Instance
 	for _, di := range set.Instances {
@@ -292,7 +295,7 @@ func (a *App) apply(set discovery.Set) {
 		if t == nil {
 			t = a.newTarget(di.URL, di.Weight, true)
 			if serving {
-				a.start(t, now, true)
+				a.start(t, now, others)
 			}
 			if announce {
 				a.onMembership(t.in, backend.EventAdded, "discovered by "+d.state.name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -240,5 +241,55 @@ http://:{port} {
 		if status, body := s.get("x.test", "/"); status != 200 || body != "b" {
 			t.Fatalf("through reverse_proxy: %d %q, want b (the draining instance left out)", status, body)
 		}
+	}
+}
+
+// TestEtcdExample runs examples/etcd.Caddyfile against a real etcd, on
+// free ports, as its comments say to (with a short slow_start: the
+// distribution it shows is the one after the ramp).
+func TestEtcdExample(t *testing.T) {
+	cluster := newEtcdCluster(t, 1)
+	raw, err := os.ReadFile("examples/etcd.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSite(t)
+	one, two := freePort(), freePort()
+	cfg := strings.NewReplacer(
+		"admin localhost:2019", "admin "+adminAddr+"\n\tpersist_config off",
+		"http://127.0.0.1:2379", cluster.endpoints()[0],
+		":8080", fmt.Sprintf(":%d", s.port),
+		":9101", fmt.Sprintf(":%d", one),
+		":9102", fmt.Sprintf(":%d", two),
+		"slow_start 10s", "slow_start 100ms",
+	).Replace(string(raw))
+	if err := caddyLoad(adapt(t, cfg)); err != nil {
+		t.Fatal(err)
+	}
+	cl := cluster.client()
+	// In one transaction: both join the app together (one after the
+	// other, the second would ramp up with slow_start).
+	etcdDo(t, "registering the backends", func(ctx context.Context) error {
+		lease, err := cl.Grant(ctx, 30)
+		if err != nil {
+			return err
+		}
+		_, err = cl.Txn(ctx).Then(
+			clientv3.OpPut("/services/api/one", fmt.Sprintf("http://127.0.0.1:%d", one), clientv3.WithLease(lease.ID)),
+			clientv3.OpPut("/services/api/two", fmt.Sprintf(`{"url": "http://127.0.0.1:%d", "weight": 2}`, two)),
+		).Commit()
+		return err
+	})
+	waitFor(t, "both instances healthy", func() bool {
+		app := dynamicApp(t, "api.example.com")
+		return len(app.Instances) == 2 && app.Instances[0].State == "healthy" && app.Instances[1].State == "healthy"
+	})
+	seen := map[string]int{}
+	for range 6 {
+		_, body := s.get("api.example.com", "/")
+		seen[strings.TrimSpace(body)]++
+	}
+	if seen["one"] != 2 || seen["two"] != 4 {
+		t.Errorf("6 requests: %v, want one 2, two 4 (weight 2)", seen)
 	}
 }
