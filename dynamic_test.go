@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	caddylb "github.com/golb/caddy-lb"
 	"github.com/golb/caddy-lb/report"
 )
 
@@ -295,4 +296,62 @@ http://:{port} {
 	if seen["a2"] != 3 || seen["a3"] != 3 || seen["srv"] != 3 {
 		t.Errorf("9 requests: %v, want 3 each", seen)
 	}
+}
+
+// TestDynamicLeavingInFlight: an instance that leaves the set with a
+// request in flight gets no new request; the one in flight finishes; its
+// state is dropped once it has.
+func TestDynamicLeavingInFlight(t *testing.T) {
+	dnsSrv := newDNSServer(t)
+	b1, b2 := newBackend(t, "b1"), newBackend(t, "b2")
+	arrived, release := make(chan struct{}, 1), newGate()
+	t.Cleanup(release.open)
+	b1.handle(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			_ = release.wait(r.Context())
+		}
+		io.WriteString(w, "b1")
+	})
+	for _, b := range []*backend{b1, b2} {
+		dnsSrv.setA(b.name+".svc3.lbtest", "127.0.0.1")
+	}
+	const srvName = "_api._tcp.svc3.lbtest"
+	dnsSrv.setSRV(srvName, "b1.svc3.lbtest:"+hostPort(t, b1.URL), "b2.svc3.lbtest:"+hostPort(t, b2.URL))
+	url1 := "http://b1.svc3.lbtest:" + hostPort(t, b1.URL)
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app leave.test {
+			strategy first
+			dynamic srv %s {
+				resolvers %s
+				refresh 1ms
+			}
+			dynamic_refresh 20ms
+		}
+	}
+}`, srvName, dnsSrv.addr))
+	waitFor(t, "both instances", func() bool { return len(dynamicApp(t, "leave.test").Instances) == 2 })
+	done := s.getAsync("leave.test", "/slow") // to b1, the first
+	recv(t, arrived, "the slow request at b1")
+	dnsSrv.setSRV(srvName, "b2.svc3.lbtest:"+hostPort(t, b2.URL))
+	waitFor(t, "b1 gone from the report", func() bool { return len(dynamicApp(t, "leave.test").Instances) == 1 })
+	if states, _ := caddylb.InstanceStatesOf(url1); states != 1 {
+		t.Errorf("%d states of b1 with its request in flight, want 1", states)
+	}
+	for range 4 {
+		if status, body := s.get("leave.test", "/"); status != 200 || body != "b2" {
+			t.Fatalf("a new request while b1 leaves: %d %q, want b2", status, body)
+		}
+	}
+	release.open()
+	if a := recv(t, done, "the request in flight"); a.err != nil || a.status != 200 || a.body != "b1" {
+		t.Fatalf("the request in flight as b1 left: %d %q %v", a.status, a.body, a.err)
+	}
+	waitFor(t, "b1's state dropped", func() bool {
+		states, _ := caddylb.InstanceStatesOf(url1)
+		return states == 0
+	})
 }

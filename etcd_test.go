@@ -293,3 +293,42 @@ func TestEtcdExample(t *testing.T) {
 		t.Errorf("6 requests: %v, want one 2, two 4 (weight 2)", seen)
 	}
 }
+
+// TestEtcdDownAtStart: a config whose registry cannot be reached loads;
+// its configured instances serve, and the discovered ones arrive when the
+// registry answers.
+func TestEtcdDownAtStart(t *testing.T) {
+	cluster := newEtcdCluster(t, 1)
+	cl := cluster.client()
+	static, dyn := newBackend(t, "static"), newBackend(t, "dyn")
+	const prefix = "/lbtest/down/"
+	cluster.stop(cluster.members[0])
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app down.test {
+			strategy first
+			instances %s
+			dynamic etcd %s {
+				endpoints %s
+				dial_timeout 500ms
+			}
+		}
+	}
+}`, static.URL, prefix, cluster.endpoints()[0]))
+	if status, body := s.get("down.test", "/"); status != 200 || body != "static" {
+		t.Fatalf("with etcd down: %d %q, want the configured instance", status, body)
+	}
+	waitFor(t, "the source's error in the report", func() bool {
+		return dynamicApp(t, "down.test").Dynamic.LastError != ""
+	})
+	cluster.restart(cluster.members[0])
+	cluster.waitHealthy(cluster.members[0])
+	put(t, cl, prefix+"dyn", dyn.URL)
+	waitFor(t, "the discovered instance", func() bool {
+		_, d := urlsOf(dynamicApp(t, "down.test"))
+		return len(d) == 1 && d[0] == dyn.URL
+	})
+
+}
