@@ -273,6 +273,11 @@ func (w *proxyWriter) final(code int) {
 	w.status = code
 	w.started = true
 	w.observe()
+	if _, ok := w.Header()["Content-Type"]; !ok {
+		// A response the backend did not label stays unlabelled: a key
+		// with no value stops net/http from sniffing one.
+		w.Header()["Content-Type"] = nil
+	}
 	if w.cookie != "" {
 		w.Header().Add("Set-Cookie", w.cookie)
 	}
