@@ -3,9 +3,7 @@ package caddylb
 import (
 	"errors"
 	"fmt"
-	"log"
 	"net"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -73,7 +71,6 @@ type App struct {
 	// pool of instance states, to release at Cleanup.
 	config    <-chan struct{} // the Done channel of the app's config
 	onChange  func(backend.Change)
-	errorLog  *log.Logger
 	dial      dialFunc
 	pool      *backend.Pool
 	static    []*backend.Instance // the configured instances, in order
@@ -110,9 +107,10 @@ type settings struct {
 type target struct {
 	shared  *sharedInstance
 	in      *backend.Instance
-	weight  int  // as configured, or as the source gives it
-	dynamic bool // discovered, not configured
-	proxy   *httputil.ReverseProxy
+	weight  int      // as configured, or as the source gives it
+	dynamic bool     // discovered, not configured
+	url     *url.URL // the instance's base URL
+	auth    []string // Authorization from the URL's userinfo; nil for none
 	// The sticky cookie's value for the instance, and the Set-Cookie
 	// values that pin a client to it, for plain HTTP and TLS; empty
 	// without sticky_cookie.

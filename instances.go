@@ -1,6 +1,7 @@
 package caddylb
 
 import (
+	"encoding/base64"
 	"net/url"
 	"slices"
 	"sync"
@@ -112,7 +113,6 @@ type members struct {
 // channel.
 func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
 	a.config, a.onChange = config, onChange
-	a.errorLog = zap.NewStdLog(logger.With(zap.String("app", a.name)))
 	a.dial = dialer(a.timeout).DialContext
 	if a.dynamic != nil {
 		a.dial = a.dynamic.resolver.DialContext
@@ -157,12 +157,22 @@ func (a *App) newTarget(u *url.URL, weight int, dynamic bool) *target {
 	})
 	s := v.(*sharedInstance)
 	s.addListener(a.config, a.onChange)
-	t := &target{shared: s, in: s.in, weight: weight, dynamic: dynamic, proxy: newProxy(u, a.transport, a.errorLog), logField: accessLogField(a.name, s.in)}
+	t := &target{shared: s, in: s.in, weight: weight, dynamic: dynamic, url: u, auth: basicAuth(u.User), logField: accessLogField(a.name, s.in)}
 	if a.sticky != nil {
 		t.cookieValue = a.sticky.value(s.in)
 		t.cookie, t.secureCookie = a.sticky.setCookie(t.cookieValue)
 	}
 	return t
+}
+
+// basicAuth returns the Authorization header that sends userinfo as basic
+// auth, or nil for none.
+func basicAuth(userinfo *url.Userinfo) []string {
+	if userinfo == nil {
+		return nil
+	}
+	pass, _ := userinfo.Password()
+	return []string{"Basic " + base64.StdEncoding.EncodeToString([]byte(userinfo.Username()+":"+pass))}
 }
 
 // setMembers makes m the app's members, with its sticky cookie index.

@@ -246,6 +246,12 @@ func TestClientBodyErrorsAreTheClients(t *testing.T) {
 			wantLog:  http.StatusRequestEntityTooLarge,
 		},
 		{
+			name:     "switch to an invalid protocol",
+			raw:      "GET /ws HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade\r\nUpgrade: w\xe9\r\n\r\n",
+			wantCode: http.StatusBadRequest,
+			wantLog:  http.StatusBadRequest,
+		},
+		{
 			name:    "client leaves mid-body",
 			raw:     "PUT /up HTTP/1.1\r\nHost: x.test\r\nContent-Length: 100\r\n\r\n0123456789",
 			hangUp:  true,

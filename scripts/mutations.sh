@@ -17,16 +17,20 @@ cd "$(dirname "$0")/.."
 mutations=(
 	retry.go 'return idempotent(r) && body.rewind(true)' 'return body.rewind(true)' . '^TestRetryRules$'
 	retry.go 'return key || xkey' 'return false' . '^TestRetryRules$'
-	proxy.go 'pw.observeAtLeast(a.timeout)' 'pw.observeAtLeast(0)' . '^TestLeastLatencyAvoidsBrokenInstance$'
+	proxy.go 'at.observeAtLeast(a.timeout)' 'at.observeAtLeast(0)' . '^TestLeastLatencyAvoidsBrokenInstance$'
 	retry.go 'DefaultRetryBudgetPercent = 20' 'DefaultRetryBudgetPercent = 10' . '^TestRetryBudget$'
 	backend/state.go 'afterFunc(d, func() { in.openTrial(until) })' 'afterFunc(d, func() {})' ./backend '^TestTimersDoTheirJob$'
 	handler.go 'if serving {' 'if false && serving {' . '^TestSlowStart$'
 	report.go 'LastError:           st.LastError,' 'LastError: "",' . '^TestReport$'
-	proxy.go 'w.final(http.StatusSwitchingProtocols)' 'w.started = true' . '^TestUpgradeIsASuccess$'
-	proxy.go 'case status == StatusClientClosedRequest || errors.Is(pw.err, upstream.ErrRequestBody):' 'case status == StatusClientClosedRequest:' . '^TestClientBodyErrorsAreTheClients$'
-	proxy.go 'cutShort := !completed &&' 'cutShort := false &&' . '^TestResponseCutShortIsAFailure$'
+	relay.go 'at.final(http.StatusSwitchingProtocols)' 'at.started = true' . '^TestUpgradeIsASuccess$'
+	proxy.go 'case status == StatusClientClosedRequest || clientsFault(at.err):' 'case status == StatusClientClosedRequest:' . '^TestClientBodyErrorsAreTheClients$'
+	relay.go 'at.cutShort = true' 'at.cutShort = false' . '^TestResponseCutShortIsAFailure$'
 	backend/instance.go 'c.RawQuery = redactQuery(u.RawQuery)' 'c.RawQuery = u.RawQuery' ./backend '^TestRedact$'
-	proxy.go 'if w.cookie != "" {' 'if false {' . '^TestStickyCookieOnlyOnTheFinalResponse$'
+	relay.go 'if at.cookie != "" {' 'if false {' . '^TestStickyCookieOnlyOnTheFinalResponse$'
+	outbound.go 'if len(conn) > 0 && listed(conn, k) {' 'if false {' . '^TestDifferential$'
+	relay.go 'h["Content-Type"] = nil' '_ = h' . '^TestDifferential$'
+	relay.go 'h[http.TrailerPrefix+k] = vs' '_ = vs' . '^TestDifferential$'
+	proxy.go '|| errors.Is(err, errBadUpgrade)' '' . '^TestClientBodyErrorsAreTheClients$'
 )
 
 selected=" $* "

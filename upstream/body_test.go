@@ -104,6 +104,81 @@ func Test1xx(t *testing.T) {
 	}
 }
 
+// interimRec records the 1xx responses given to it as an Interim.
+type interimRec struct {
+	mu       sync.Mutex
+	codes    []int
+	links    []string
+	failWith error
+}
+
+func (ir *interimRec) Interim(code int, h http.Header) error {
+	ir.mu.Lock()
+	defer ir.mu.Unlock()
+	ir.codes = append(ir.codes, code)
+	ir.links = append(ir.links, h.Get("Link"))
+	return ir.failWith
+}
+
+// TestInterim: a request's Interim gets its 1xx responses, on the fast path
+// and through Fallback alike; its error fails the request.
+func TestInterim(t *testing.T) {
+	const early = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+	const cont = "HTTP/1.1 100 Continue\r\n\r\n"
+	tests := []struct {
+		name      string
+		reply     string
+		failWith  error
+		wantCodes []int
+	}{
+		{name: "103", reply: early + okReply, wantCodes: []int{103}},
+		{name: "100 and 103", reply: cont + early + early + okReply, wantCodes: []int{100, 103, 103}},
+		{name: "hook error", reply: early + okReply, failWith: errors.New("no"), wantCodes: []int{103}},
+	}
+	for _, fallback := range []bool{false, true} {
+		for _, tc := range tests {
+			t.Run(fmt.Sprintf("%s, fallback %v", tc.name, fallback), func(t *testing.T) {
+				srv := newRawServer(t, func(_ int, c net.Conn) {
+					serveHTTP(c, func(int, *http.Request, []byte) (string, bool) { return tc.reply, false })
+				})
+				tr := newTransport(t)
+				if fallback {
+					std := &http.Transport{}
+					t.Cleanup(std.CloseIdleConnections)
+					tr.Fallback, tr.UseFallback = std, func(*http.Request) bool { return true }
+				}
+				rec := &interimRec{failWith: tc.failWith}
+				req := mustReq(t, "GET", srv.url, nil)
+				req = req.WithContext(WithInterim(req.Context(), rec))
+				resp, err := tr.RoundTrip(req)
+				if tc.failWith != nil {
+					if err == nil {
+						resp.Body.Close()
+						t.Fatal("no error")
+					}
+				} else {
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 || string(b) != "ok" {
+						t.Fatalf("%d %q", resp.StatusCode, b)
+					}
+				}
+				if fmt.Sprint(rec.codes) != fmt.Sprint(tc.wantCodes) {
+					t.Errorf("1xx codes %v, want %v", rec.codes, tc.wantCodes)
+				}
+				for i, c := range rec.codes {
+					if c == 103 && rec.links[i] != "</style.css>; rel=preload" {
+						t.Errorf("103 Link %q", rec.links[i])
+					}
+				}
+			})
+		}
+	}
+}
+
 // TestExpectContinue: a request with "Expect: 100-continue" waits for the
 // backend's go-ahead (or its answer, or the timeout) before its body.
 func TestExpectContinue(t *testing.T) {

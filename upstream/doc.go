@@ -12,14 +12,15 @@
 // streams while the response may already be coming. Idle connections have
 // no goroutine: a pool's single timer closes those idle too long.
 //
-// It is meant to sit under httputil.ReverseProxy, which keeps doing header
-// handling, trailers, 1xx forwarding (through httptrace's Got1xxResponse,
-// which Transport calls) and protocol upgrades (through a 101 response
-// whose Body is an io.ReadWriteCloser, which Transport returns). In
-// proxy.go's terms:
+// It is meant to sit under a reverse proxy's own header handling (the
+// load balancer's outbound.go and relay.go): it passes 1xx responses to an
+// [Interim] set with [WithInterim] (and to httptrace's Got1xxResponse),
+// and returns a 101 response whose Body is an io.ReadWriteCloser, the
+// connection, for protocol upgrades. In the load balancer's transport.go:
 //
 //	fast := &upstream.Transport{
-//		Fallback:              newTransport(timeout), // the *http.Transport
+//		Fallback:              newStdTransport(timeout, dial), // an *http.Transport
+//		DialContext:           dial,
 //		DialTimeout:           timeout,
 //		TLSHandshakeTimeout:   timeout,
 //		ResponseHeaderTimeout: timeout,

@@ -134,7 +134,7 @@ func (t *Transport) exchange(c *conn, req, wreq *http.Request, rb *reqBody) (*ht
 }
 
 // readHeaders reads responses up to the final one, passing 1xx responses
-// to the trace.
+// to the request's Interim and trace.
 func (ex *exchange) readHeaders() (*http.Response, error) {
 	c, trace := ex.c, ex.trace
 	if trace != nil && trace.GotFirstResponseByte != nil {
@@ -157,10 +157,20 @@ func (ex *exchange) readHeaders() (*http.Response, error) {
 			}
 			ex.signal(true)
 		}
+		passed := false
+		if h := interimOf(ex.ctx); h != nil {
+			if err := h.Interim(code, resp.Header); err != nil {
+				return nil, err
+			}
+			passed = true
+		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
 				return nil, err
 			}
+			passed = true
+		}
+		if passed {
 			c.readLimit = ex.t.maxHeaderBytes()
 		}
 	}

@@ -181,6 +181,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			closeBody(req.Body)
 			return nil, errNoFallback
 		}
+		req = withInterimTrace(req)
 		if hasBody(req) {
 			r := new(http.Request)
 			*r = *req
