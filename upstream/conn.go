@@ -256,6 +256,11 @@ type conn struct {
 	br        *bufio.Reader
 	nread     int64 // bytes read in the current exchange
 	readLimit int64 // bytes that may still be read before the headers end
+	// The read deadline of a past exchange's header timeout is still set:
+	// its body was in the buffer already, so no read could reach it, and
+	// the syscall to clear it was saved. An exchange that reads before
+	// setting its own deadline clears it first.
+	staleDeadline bool
 
 	// Writing side, used by one goroutine at a time.
 	nwritten int64 // bytes written in the current exchange

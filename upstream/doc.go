@@ -5,7 +5,8 @@
 // write loop) and hands every request and response between them and the
 // caller over channels. [Transport] does the whole exchange in the
 // caller's goroutine: it takes an idle keep-alive connection (or dials
-// one), writes the request with (*http.Request).Write, reads the reply
+// one), writes the request (a request without a body by itself, the bytes
+// (*http.Request).Write would write; others with Request.Write), reads the reply
 // with http.ReadResponse through a pooled bufio.Reader, and gives the
 // connection back when the caller has read the response body to its end.
 // A second goroutine runs only for requests with a body, so that the body

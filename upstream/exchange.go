@@ -66,7 +66,7 @@ func (t *Transport) exchange(c *conn, req, wreq *http.Request, rb *reqBody) (*ht
 	if rb == nil {
 		ex.parties.Store(1)
 		bw := getWriter(c)
-		err := wreq.Write(bw)
+		err := writeRequest(bw, wreq, ex.trace)
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -76,8 +76,13 @@ func (t *Transport) exchange(c *conn, req, wreq *http.Request, rb *reqBody) (*ht
 		}
 		if d := t.ResponseHeaderTimeout; d > 0 {
 			ex.setReadDeadline(time.Now().Add(d))
+			c.staleDeadline = false
 		}
 	} else {
+		if c.staleDeadline {
+			c.staleDeadline = false
+			_ = c.nc.SetReadDeadline(time.Time{})
+		}
 		ex.parties.Store(2)
 		ex.wdone = make(chan struct{})
 		if t.ExpectContinueTimeout > 0 && wreq.ProtoAtLeast(1, 1) &&
@@ -102,7 +107,12 @@ func (t *Transport) exchange(c *conn, req, wreq *http.Request, rb *reqBody) (*ht
 		}
 		ex.hmu.Unlock()
 	} else if t.ResponseHeaderTimeout > 0 {
-		ex.setReadDeadline(time.Time{})
+		if resp.StatusCode >= 200 && resp.StatusCode != http.StatusSwitchingProtocols &&
+			resp.ContentLength >= 0 && int64(c.br.Buffered()) >= resp.ContentLength {
+			c.staleDeadline = true // see conn.staleDeadline
+		} else {
+			ex.setReadDeadline(time.Time{})
+		}
 	}
 	c.readLimit = math.MaxInt64
 	ex.keepAlive = !resp.Close && !wantsClose(req) && resp.StatusCode >= 200

@@ -40,7 +40,8 @@ const (
 // httptrace hooks about connections (GetConn, GotConn, DNS*, Connect*,
 // TLSHandshake*). Those it calls: Got1xxResponse, Got100Continue,
 // Wait100Continue, GotFirstResponseByte, and through (*http.Request).Write
-// WroteHeaderField, WroteHeaders and WroteRequest.
+// (used for every request whose trace has them) WroteHeaderField,
+// WroteHeaders and WroteRequest.
 type Transport struct {
 	// Fallback carries the requests the fast path does not take (see
 	// above). Nil: such requests fail with an error.

@@ -623,3 +623,30 @@ func goroutinesNamed(prefix string) int {
 	}
 	return n
 }
+
+// TestHeaderDeadlineOfAPastExchange: a response whose body was buffered
+// with its headers leaves the header timeout's read deadline set on the
+// connection; a request with a body that takes longer to send than that
+// deadline had left still gets its answer on the same connection.
+func TestHeaderDeadlineOfAPastExchange(t *testing.T) {
+	srv := newRawServer(t, func(_ int, c net.Conn) {
+		serveHTTP(c, func(int, *http.Request, []byte) (string, bool) { return okReply, false })
+	})
+	tr := newTransport(t)
+	tr.ResponseHeaderTimeout = 100 * time.Millisecond
+	do(t, tr, mustReq(t, "GET", srv.url, nil))
+	pr, pw := io.Pipe()
+	go func() {
+		// A slow client body: it ends after the first exchange's
+		// deadline has passed.
+		time.Sleep(3 * tr.ResponseHeaderTimeout)
+		io.WriteString(pw, "data")
+		pw.Close()
+	}()
+	if _, body := do(t, tr, mustReq(t, "POST", srv.url, pr)); body != "ok" {
+		t.Fatalf("got %q", body)
+	}
+	if n := srv.accepts.Load(); n != 1 {
+		t.Fatalf("%d connections, want the first one reused", n)
+	}
+}

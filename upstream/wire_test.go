@@ -3,10 +3,12 @@ package upstream
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -138,6 +140,23 @@ func TestWireFormat(t *testing.T) {
 			r.Header.Set("Connection", "Upgrade")
 			r.Header.Set("Upgrade", "websocket")
 			r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			return r
+		}},
+		{"values trimmed, empty lists, many headers", func(b string) *http.Request {
+			r := mustReq(t, "DELETE", b+"/x?", nil)
+			r.URL.ForceQuery = true
+			r.Header.Set("X-Pad", " \t padded \t ")
+			r.Header["X-Empty"] = []string{}
+			r.Header["User-Agent"] = []string{}
+			for i := range 40 {
+				r.Header.Set(fmt.Sprintf("X-H%02d", i), strconv.Itoa(i))
+			}
+			return r
+		}},
+		{"PATCH without a body", func(b string) *http.Request { return mustReq(t, "PATCH", b+"/p", nil) }},
+		{"Host header in the map", func(b string) *http.Request {
+			r := mustReq(t, "GET", b+"/", nil)
+			r.Header.Set("Host", "ignored.example")
 			return r
 		}},
 		{"tab in a header value", func(b string) *http.Request {
