@@ -201,7 +201,3 @@ func healthSettingsKey(a *App, spec *health.Spec) string {
 	}{a.HealthURI, spec.Method, a.HealthBody, a.HealthPort, spec.Headers, a.HealthStatus})
 	return string(b)
 }
-
-// probeTimeout is the transport's own bound on probes; each probe's
-// context has the app's timeout, which a reload may change.
-const probeTimeout = time.Hour

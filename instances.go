@@ -151,7 +151,7 @@ func (a *App) newTarget(u *url.URL, weight int, dynamic bool) *target {
 		s := &sharedInstance{key: key, in: backend.New(u, weight, policy, backend.Now())}
 		s.in.SetOnChange(s.notify)
 		if a.health != nil {
-			s.monitor = health.NewMonitor(s.in, probeURL(u, a.healthURI, a.HealthPort), newProbeTransport(a.dial))
+			s.monitor = health.NewMonitor(s.in, probeURL(u, a.healthURI, a.HealthPort), health.DialFunc(a.dial))
 		}
 		return s, nil
 	})

@@ -58,17 +58,3 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 func dialer(timeout time.Duration) *net.Dialer {
 	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 }
-
-// newProbeTransport returns the transport an instance's health checks go
-// through: its own single idle connection, so probes neither wait behind
-// nor take connections from proxied traffic. It is the fast path too: an
-// idle connection there costs no goroutine, which counts when an app
-// checks thousands of instances. Each probe's context bounds it with the
-// app's timeout.
-func newProbeTransport(dial dialFunc) *upstream.Transport {
-	std := newStdTransport(probeTimeout, dial)
-	std.MaxIdleConnsPerHost = 1
-	t := newTransport(probeTimeout, dial)
-	t.Fallback, t.MaxIdlePerHost = std, 1
-	return t
-}

@@ -1,12 +1,18 @@
 // Package health checks backend instances actively: it asks each one for a
 // health URI on an interval and feeds the answers to the instance's state
 // machine (backend.Instance.FinishCheck), which applies the streaks.
+//
+// It is built for many instances: one schedule for every monitor of the
+// process (schedule.go) hands due checks to a pool of worker goroutines,
+// and each probe writes pre-built request bytes on a kept-alive
+// connection and parses the answer itself through the worker's buffer
+// (probe.go, response.go). An idle monitor holds its connection, its
+// request's bytes and a place in the schedule: no timer, no goroutine, no
+// buffer.
 package health
 
 import (
-	"context"
 	"math/rand/v2"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,27 +31,30 @@ const firstProbeSpread = 2 * time.Second
 // sets the Spec with Run.
 type Monitor struct {
 	instance *backend.Instance
-	url      string // the probe's URL
-	client   *http.Client
+	prober   *Prober
 
 	spec atomic.Pointer[Spec]
 
-	ctx    context.Context // ends with Stop, cutting a probe short
-	cancel context.CancelFunc
-	probes sync.WaitGroup
-
-	mu      sync.Mutex // guards timer, started, stopped
-	timer   *time.Timer
+	mu      sync.Mutex // guards started, stopped and probes.Add
 	started bool
 	stopped bool
+	probes  sync.WaitGroup
+
+	// Its place in the schedule, under schedule.mu.
+	due   int64 // backend.Now time of the next round
+	index int   // in the queue; -1 when not in it
 }
 
 // NewMonitor returns a stopped monitor of in that probes target (the
-// health URI on the instance) through rt. rt should keep its own
-// connections, apart from proxied traffic's; Stop closes its idle ones.
-func NewMonitor(in *backend.Instance, target string, rt http.RoundTripper) *Monitor {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &Monitor{instance: in, url: target, client: newClient(rt), ctx: ctx, cancel: cancel}
+// health URI on the instance, http or https) with connections dialed by
+// dial (nil: a net.Dialer). A target that is not a URL fails every check
+// with the parse error.
+func NewMonitor(in *backend.Instance, target string, dial DialFunc) *Monitor {
+	p, err := NewProber(target, dial)
+	if err != nil {
+		p = &Prober{dial: failingDial(err)}
+	}
+	return &Monitor{instance: in, prober: p, index: -1}
 }
 
 // Run makes spec the monitor's Spec and, the first time, starts probing:
@@ -62,7 +71,7 @@ func (m *Monitor) Run(spec *Spec) {
 	}
 	m.started = true
 	spread := min(spec.Interval, firstProbeSpread)
-	m.timer = time.AfterFunc(rand.N(spread+1), m.round)
+	schedule.add(m, backend.Now()+int64(rand.N(spread+1)))
 }
 
 // Running reports whether the monitor is probing: Run was called, and
@@ -78,25 +87,21 @@ func (m *Monitor) Running() bool {
 func (m *Monitor) Stop() {
 	m.mu.Lock()
 	m.stopped = true
-	if m.timer != nil {
-		m.timer.Stop()
-	}
 	m.mu.Unlock()
-	m.cancel()
+	schedule.remove(m)
+	m.prober.abort()
 	m.probes.Wait()
-	m.client.CloseIdleConnections()
+	m.prober.Close()
 }
 
-// round is one scheduled check: it arms the next one, then probes.
-func (m *Monitor) round() {
-	spec := m.spec.Load()
+// round is one scheduled check, run by a worker with its buffers.
+func (m *Monitor) round(b *buffers) {
 	m.mu.Lock()
 	if m.stopped {
 		m.mu.Unlock()
 		return
 	}
 	m.probes.Add(1)
-	m.timer.Reset(jitter(spec.Interval))
 	m.mu.Unlock()
 	defer m.probes.Done()
 
@@ -104,10 +109,11 @@ func (m *Monitor) round() {
 	if !in.TryStartCheck() {
 		return
 	}
+	spec := m.spec.Load()
 	start := time.Now()
-	err := Probe(m.ctx, m.client, m.url, spec)
+	err := m.prober.probe(spec, b)
 	took := time.Since(start)
-	if m.ctx.Err() != nil {
+	if m.prober.isAborted() {
 		// Stopped: the probe was cut short by us, so it says nothing
 		// about the instance.
 		in.AbandonCheck()
@@ -116,6 +122,9 @@ func (m *Monitor) round() {
 	in.ObserveCheck(took)
 	in.FinishCheck(backend.Now(), err, spec.Passes, spec.Fails)
 }
+
+// interval is the time to the monitor's next round.
+func (m *Monitor) interval() time.Duration { return jitter(m.spec.Load().Interval) }
 
 // jitter returns d ± 10%, at random.
 func jitter(d time.Duration) time.Duration {

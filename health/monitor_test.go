@@ -36,11 +36,11 @@ func newInstance(t *testing.T, serverURL string) (*backend.Instance, <-chan back
 	return in, changes
 }
 
-// newMonitor returns a monitor of in probing path on srv, on a transport
-// of the test's own, stopped when the test ends.
+// newMonitor returns a monitor of in probing path on srv, stopped when the
+// test ends.
 func newMonitor(t *testing.T, in *backend.Instance, srv string, path string) *health.Monitor {
 	t.Helper()
-	m := health.NewMonitor(in, withUserinfo(srv)+path, &http.Transport{})
+	m := health.NewMonitor(in, withUserinfo(srv)+path, nil)
 	t.Cleanup(m.Stop)
 	return m
 }

@@ -19,14 +19,6 @@ import (
 	"github.com/golb/caddy-lb/health"
 )
 
-// newClient returns a probe client on a transport of the test's own.
-func newClient(t *testing.T) *http.Client {
-	t.Helper()
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	return health.NewClient(tr)
-}
-
 // newServer starts a test server on 127.0.0.1 and closes it when the test
 // ends.
 func newServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
@@ -191,7 +183,7 @@ func TestProbe(t *testing.T) {
 			if s == nil {
 				s = spec(nil)
 			}
-			err := health.Probe(context.Background(), newClient(t), target, s)
+			err := health.Probe(context.Background(), target, nil, s)
 			checkErr(t, err, tt.wantErr)
 			if tt.errIs != nil && !errors.Is(err, tt.errIs) {
 				t.Errorf("Probe = %v, want an error matching %v", err, tt.errIs)
@@ -237,7 +229,7 @@ func TestProbeBody(t *testing.T) {
 				_, _ = w.Write(tt.body)
 			})
 			s := spec(func(s *health.Spec) { s.Body = regexp.MustCompile(tt.re) })
-			err := health.Probe(context.Background(), newClient(t), withUserinfo(srv.URL)+"/health", s)
+			err := health.Probe(context.Background(), withUserinfo(srv.URL)+"/health", nil, s)
 			checkErr(t, err, tt.wantErr)
 		})
 	}
@@ -298,7 +290,7 @@ func TestProbeRequest(t *testing.T) {
 				s.Method = tt.method
 				s.Headers = tt.headers
 			})
-			if err := health.Probe(context.Background(), newClient(t), srv.URL+"/healthz?deep=1", s); err != nil {
+			if err := health.Probe(context.Background(), srv.URL+"/healthz?deep=1", nil, s); err != nil {
 				t.Fatalf("Probe = %v", err)
 			}
 			r := <-got
@@ -388,7 +380,7 @@ func TestProbeContextCancelled(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := health.Probe(ctx, newClient(t), srv.URL, spec(nil))
+	err := health.Probe(ctx, srv.URL, nil, spec(nil))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Probe with a cancelled context = %v, want context.Canceled", err)
 	}

@@ -121,3 +121,23 @@ func manyInstancesConfig(adminPort, port int, addrs []string, backendPort int, c
 	b.WriteString("\t\t}\n\t}\n}\n")
 	return b.String()
 }
+
+// manyUpstreamsConfig is Caddy's reverse_proxy with many upstreams, addrs
+// at port, with its own active health checks every interval: the same
+// work as manyInstancesConfig's checks, done by Caddy.
+func manyUpstreamsConfig(adminPort, port int, addrs []string, backendPort int, interval, timeout string) string {
+	var b strings.Builder
+	b.WriteString(globalOptions(adminPort))
+	fmt.Fprintf(&b, "\nhttp://:%d {\n\treverse_proxy {\n\t\tlb_policy round_robin\n", port)
+	fmt.Fprintf(&b, "\t\thealth_uri /health\n\t\thealth_interval %s\n\t\thealth_timeout %s\n", interval, timeout)
+	const perLine = 50
+	for i := 0; i < len(addrs); i += perLine {
+		b.WriteString("\t\tto")
+		for _, a := range addrs[i:min(i+perLine, len(addrs))] {
+			fmt.Fprintf(&b, " %s:%d", a, backendPort)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}

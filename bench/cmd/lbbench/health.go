@@ -80,12 +80,13 @@ func (b *bench) healthMany() error {
 		reported, checks bool
 	}
 	kinds := []struct {
-		key, name string
-		lb, check bool
+		key, name     string
+		lb, check, rp bool
 	}{
-		{"nolb", "no load_balancer", false, false},
-		{"lb-nochecks", fmt.Sprintf("load_balancer, %d instances, no health_uri", n), true, false},
-		{"lb-checks", fmt.Sprintf("load_balancer, %d instances, checks every %v", n, b.opt.healthCooldown), true, true},
+		{"nolb", "no load_balancer", false, false, false},
+		{"lb-nochecks", fmt.Sprintf("load_balancer, %d instances, no health_uri", n), true, false, false},
+		{"lb-checks", fmt.Sprintf("load_balancer, %d instances, checks every %v", n, b.opt.healthCooldown), true, true, false},
+		{"rp-checks", fmt.Sprintf("reverse_proxy, %d upstreams, active checks every %v", n, b.opt.healthCooldown), false, true, true},
 	}
 	checksTotal := func() int64 {
 		var t int64
@@ -103,12 +104,15 @@ func (b *bench) healthMany() error {
 			return fmt.Errorf("no free port: %v %v", err1, err2)
 		}
 		config := noLoadBalancerConfig(admin, cport)
-		if k.lb {
-			var hosts []string
-			for _, a := range addrs {
-				hosts = append(hosts, a.String())
-			}
+		var hosts []string
+		for _, a := range addrs {
+			hosts = append(hosts, a.String())
+		}
+		switch {
+		case k.lb:
 			config = manyInstancesConfig(admin, cport, hosts, port, k.check, b.opt.healthCooldown.String(), "5s")
+		case k.rp:
+			config = manyUpstreamsConfig(admin, cport, hosts, port, b.opt.healthCooldown.String(), "5s")
 		}
 		caddy, err := b.startCaddy("health-"+k.key, config, fmt.Sprintf("http://127.0.0.1:%d/", cport), "")
 		if err != nil {
@@ -134,7 +138,7 @@ func (b *bench) healthMany() error {
 		r.cpuPct = float64(c1-c0) / float64(b.clkTck) / wall * 100
 		r.bkPct = float64(bk1-bk0) / float64(b.clkTck) / wall * 100
 		r.checksPerSec = float64(ch1-ch0) / wall
-		if k.check {
+		if k.lb && k.check {
 			r.healthy, r.fresh, err = healthReport(admin, 3*b.opt.healthCooldown+5*time.Second)
 			r.reported = err == nil
 			if err != nil {
@@ -170,6 +174,10 @@ func (b *bench) healthMany() error {
 		b.printf("| %s | %.1f | %.0f | %s | %s | %.1f | %s |\n", r.name, r.cpuPct, r.checksPerSec, mib(r.rss), per, r.bkPct, healthy)
 	}
 	b.printf("\n")
+	if lb, rp := results[2], results[3]; rp.cpuPct > 0 && rp.rss > base {
+		b.printf("load_balancer's checks against reverse_proxy's, same run: CPU %.2f×, RSS over no load_balancer %.2f×, checks/s %.2f×.\n\n",
+			lb.cpuPct/rp.cpuPct, float64(lb.rss-base)/float64(rp.rss-base), lb.checksPerSec/max(rp.checksPerSec, 1))
+	}
 	return nil
 }
 

@@ -1,4 +1,0 @@
-package health
-
-// NewClient exposes newClient to tests.
-var NewClient = newClient
