@@ -1,9 +1,11 @@
 package caddylb
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -42,6 +44,14 @@ type App struct {
 	// every instance counts as healthy to them.
 	HealthURI string `json:"health_uri,omitempty"`
 
+	// gRPC health checks instead: each instance is asked
+	// grpc.health.v1.Health/Check for a service ("" for the whole server)
+	// over its own HTTP/2 connections (h2c or https instances); SERVING
+	// passes, anything else fails. The options of active health checks
+	// apply but health_method, health_headers, health_status and
+	// health_body. In the Caddyfile: health_grpc [<service>].
+	HealthGRPC *GRPCHealthCheck `json:"health_grpc,omitempty"`
+
 	// How long a backend may take to send its response headers (slower
 	// answers get 504), to accept a connection, or to answer a health
 	// check. Default: 10s.
@@ -64,6 +74,7 @@ type App struct {
 	Instances []*InstanceConfig `json:"instances,omitempty"`
 
 	Discovery
+	InstanceTLS
 
 	settings // compiled from the options by provision
 
@@ -77,6 +88,7 @@ type App struct {
 	members   atomic.Pointer[members]
 	sticky    *stickyCookie // nil without sticky_cookie
 	transport *upstream.Transport
+	tlsConfig *tls.Config // to https instances; nil for the defaults
 	budget    retryBudget
 	dynamic   *dynamicInstances // nil without dynamic_upstreams
 	serving   atomic.Bool       // set once Caddy runs the config
@@ -107,10 +119,12 @@ type settings struct {
 type target struct {
 	shared  *sharedInstance
 	in      *backend.Instance
-	weight  int      // as configured, or as the source gives it
-	dynamic bool     // discovered, not configured
-	url     *url.URL // the instance's base URL
-	auth    []string // Authorization from the URL's userinfo; nil for none
+	weight  int               // as configured, or as the source gives it
+	dynamic bool              // discovered, not configured
+	url     *url.URL          // the instance's base URL
+	auth    []string          // Authorization from the URL's userinfo; nil for none
+	rt      http.RoundTripper // the app's transport, or h2c's own
+	h2c     *h2cTransport     // an h2c instance's transport; nil for others
 	// The sticky cookie's value for the instance, and the Set-Cookie
 	// values that pin a client to it, for plain HTTP and TLS; empty
 	// without sticky_cookie.
@@ -252,7 +266,7 @@ func (s *settings) compile(app *App) error {
 			return optionError("health_uri", err)
 		}
 	}
-	if s.health, err = app.ActiveHealth.compile(s.healthURI != nil, interval, s.timeout); err != nil {
+	if s.health, err = app.ActiveHealth.compile(s.healthURI != nil || app.HealthGRPC != nil, interval, s.timeout); err != nil {
 		return err
 	}
 	if s.passive, s.panic, err = app.PassiveHealth.compile(); err != nil {
@@ -270,6 +284,13 @@ func (s *settings) compile(app *App) error {
 	}
 	if err := s.compileInstances(app.Instances, s.discovery.on); err != nil {
 		return err
+	}
+	if app.HealthGRPC != nil {
+		if err := checkGRPCHealth(app, s); err != nil {
+			return err
+		}
+		s.health.GRPC, s.health.GRPCService = true, app.HealthGRPC.Service
+		s.health.Status = backend.StatusSet{}
 	}
 	s.healthKey = healthSettingsKey(app, s.health)
 	return nil
@@ -347,7 +368,7 @@ func parseInstanceURL(raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, raw, err)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
+	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c" {
 		return nil, fmt.Errorf("%w, got %q in %q", ErrInvalidScheme, u.Scheme, raw)
 	}
 	if u.Hostname() == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/golb/caddy-lb/internal/jsonfields"
+	"github.com/golb/caddy-lb/internal/tlsopt"
 )
 
 func init() {
@@ -95,16 +96,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 var appFields = jsonfields.Of(reflect.TypeFor[App]())
 
 // notOptions are fields of App that are no option of their own name.
-var notOptions = map[string]bool{"host": true, "dynamic_upstreams": true}
+var notOptions = map[string]bool{"host": true, "dynamic_upstreams": true, "tls": true}
 
 // appOptionNames lists the options of an app, for error messages.
-var appOptionNames = strings.Join(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return notOptions[n] }),
-	"instance", "dynamic"), ", ")
+var appOptionNames = strings.Join(append(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return notOptions[n] }),
+	"instance", "dynamic"), tlsopt.Options...), ", ")
 
 // isAppOption reports whether name is an option of an app block.
 func isAppOption(name string) bool {
 	_, ok := appFields.ByName[name]
-	return (ok && !notOptions[name]) || name == "instance" || name == "dynamic"
+	return (ok && !notOptions[name]) || name == "instance" || name == "dynamic" || tlsopt.IsOption(name)
 }
 
 // caddyfileParser reads one load_balancer directive.
@@ -208,6 +209,16 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 	if opt == "dynamic" {
 		return p.parseDynamic(a)
 	}
+	if tlsopt.IsOption(opt) {
+		if err := tlsopt.Unmarshal(d, opt, &a.app.TLS); err != nil {
+			return err
+		}
+		if d.NextBlock(d.Nesting()) {
+			d.Prev()
+			return p.errf(a, "%s: unexpected block", opt)
+		}
+		return nil
+	}
 	args := d.RemainingArgs()
 	switch opt {
 	case "instances":
@@ -250,6 +261,16 @@ func setOption(field reflect.Value, args []string) error {
 			return fmt.Errorf("want no arguments, got %s", countArgs(args))
 		}
 		field.SetBool(true)
+		return nil
+	case t == reflect.TypeFor[*GRPCHealthCheck]():
+		if len(args) > 1 {
+			return fmt.Errorf("want at most one service name, got %s", countArgs(args))
+		}
+		g := &GRPCHealthCheck{}
+		if len(args) == 1 {
+			g.Service = args[0]
+		}
+		field.Set(reflect.ValueOf(g))
 		return nil
 	case t == reflect.TypeFor[Statuses]():
 		if len(args) == 0 {

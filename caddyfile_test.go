@@ -218,7 +218,7 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "unknown subdirective in an app",
 		input:   inApp("instances 127.0.0.1:1", "max_conns 3"),
-		wantErr: []string{`app "a.example.com": unrecognized subdirective "max_conns"`, "strategy, hash_key, latency_decay", "instances, dynamic_scheme, dynamic_refresh, instance, dynamic)"},
+		wantErr: []string{`app "a.example.com": unrecognized subdirective "max_conns"`, "strategy, hash_key, latency_decay", "instances, dynamic_scheme, dynamic_refresh, instance, dynamic, tls_client_auth, tls_trust_pool, tls_insecure_skip_verify, tls_server_name)"},
 		line:    4,
 	},
 	{
@@ -371,7 +371,7 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "instance with a bad scheme",
 		input:   inApp("instances 127.0.0.1:1 ftp://127.0.0.1:2"),
-		wantErr: []string{`app "a.example.com": instances[1].url: scheme must be http or https, got "ftp" in "ftp://127.0.0.1:2"`},
+		wantErr: []string{`app "a.example.com": instances[1].url: scheme must be http, https or h2c, got "ftp" in "ftp://127.0.0.1:2"`},
 		line:    3,
 		is:      caddylb.ErrInvalidScheme,
 	},
@@ -442,7 +442,7 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "instance with a bad URL",
 		input:   inApp("instance ftp://127.0.0.1:2 weight 2"),
-		wantErr: []string{`app "a.example.com": instances[0].url: scheme must be http or https, got "ftp" in "ftp://127.0.0.1:2"`},
+		wantErr: []string{`app "a.example.com": instances[0].url: scheme must be http, https or h2c, got "ftp" in "ftp://127.0.0.1:2"`},
 		line:    3,
 		is:      caddylb.ErrInvalidScheme,
 	},
@@ -955,14 +955,14 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "health option without health_uri points at the first one Provision checks",
 		input:   inApp("health_fails 2", "instances 127.0.0.1:1", "health_method HEAD"),
-		wantErr: []string{`app "a.example.com": health_method: option does not apply: it configures active health checks, which need health_uri`},
+		wantErr: []string{`app "a.example.com": health_method: option does not apply: it configures active health checks, which need health_uri or health_grpc`},
 		line:    5,
 		is:      caddylb.ErrInapplicableOption,
 	},
 	{
 		name:    "shorthand: health_headers without health_uri",
 		input:   "load_balancer 127.0.0.1:1 {\n\tretries 1\n\thealth_headers {\n\t\tHost example.com\n\t}\n}",
-		wantErr: []string{`app "*": health_headers: option does not apply: it configures active health checks, which need health_uri`},
+		wantErr: []string{`app "*": health_headers: option does not apply: it configures active health checks, which need health_uri or health_grpc`},
 		line:    3,
 		is:      caddylb.ErrInapplicableOption,
 	},
@@ -1062,7 +1062,7 @@ func init() {
 			unmarshalCases = append(unmarshalCases, unmarshalCase{
 				name:  name + " without health_uri",
 				input: inApp(slices.Concat([]string{"instances 127.0.0.1:1"}, o.lines, []string{"retries 1"})...),
-				wantErr: []string{fmt.Sprintf(`app "a.example.com": %s: option does not apply: it configures active health checks, which need health_uri`,
+				wantErr: []string{fmt.Sprintf(`app "a.example.com": %s: option does not apply: it configures active health checks, which need health_uri or health_grpc`,
 					name)},
 				line: 4,
 				is:   caddylb.ErrInapplicableOption,
@@ -1130,7 +1130,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 
 // TestCaddyfileHasEveryAppOption checks that every option of App (by its
 // JSON name) is an option of an app in the Caddyfile, and is listed in the
-// error for an unknown one; dynamic_upstreams is the dynamic line's.
+// error for an unknown one; dynamic_upstreams is the dynamic line's, tls
+// the tls_* lines'.
 func TestCaddyfileHasEveryAppOption(t *testing.T) {
 	var h caddylb.Handler
 	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(inApp("no_such_option")))
@@ -1147,6 +1148,9 @@ func TestCaddyfileHasEveryAppOption(t *testing.T) {
 		}
 		if name == "dynamic_upstreams" {
 			name = "dynamic"
+		}
+		if name == "tls" {
+			name = "tls_insecure_skip_verify"
 		}
 		if !slices.Contains(listed, name) {
 			t.Errorf("%s is not listed in %q", name, err)

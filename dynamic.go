@@ -340,7 +340,7 @@ func (a *App) start(t *target, now int64, added bool) {
 		t.in.StartSlowStart(now)
 	}
 	if t.shared.monitor != nil {
-		t.shared.monitor.Run(a.health)
+		t.shared.monitor.Run(a.health, t.rt)
 	}
 }
 

@@ -20,8 +20,9 @@ var (
 	ErrNoInstances = errors.New("no instances")
 	// ErrInvalidURL: an instance URL that does not parse.
 	ErrInvalidURL = errors.New("invalid URL")
-	// ErrInvalidScheme: an instance URL whose scheme is not http or https.
-	ErrInvalidScheme = errors.New("scheme must be http or https")
+	// ErrInvalidScheme: an instance URL whose scheme is not http, https or
+	// h2c.
+	ErrInvalidScheme = errors.New("scheme must be http, https or h2c")
 	// ErrMissingHost: an instance URL with no host.
 	ErrMissingHost = errors.New("URL has no host")
 	// ErrUnknownStrategy: a strategy name no strategy is registered under.

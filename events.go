@@ -86,6 +86,12 @@ func (h *Handler) onChange(app *App) func(backend.Change) {
 			fields = append(fields, zap.Time("until", c.Until))
 			data["until"] = c.Until.UTC().Format(time.RFC3339Nano)
 		}
+		if c.Event == backend.EventDrained {
+			// Its connections of its own (h2c) close as they fall idle.
+			if m := app.members.Load(); m != nil && m.targets[c.Instance] != nil {
+				m.targets[c.Instance].closeIdle()
+			}
+		}
 		msg := "instance " + string(c.Event)
 		switch c.Event {
 		case backend.EventUnhealthy, backend.EventEjected:

@@ -93,6 +93,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := app.loadSource(ctx); err != nil {
 			return err
 		}
+		if err := app.loadTLS(ctx); err != nil {
+			return err
+		}
 		app.attach(h.logger, ctx.Done(), h.onChange(app))
 		if app.dynamic != nil {
 			app.subscribe()
@@ -149,7 +152,7 @@ func (a *App) adopt(now int64, logger *zap.Logger) {
 			serving = true
 		}
 		if t.shared.monitor != nil {
-			t.shared.monitor.Run(a.health)
+			t.shared.monitor.Run(a.health, t.rt)
 		}
 	}
 	if serving {
@@ -211,7 +214,7 @@ func (h *Handler) Cleanup() error {
 		}
 		if app.transport != nil {
 			app.retired.Store(true)
-			app.transport.CloseIdleConnections()
+			app.closeIdle()
 		}
 		app.release()
 	}

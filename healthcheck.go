@@ -100,7 +100,7 @@ func (h *ActiveHealth) compile(on bool, interval, timeout time.Duration) (*healt
 	}
 	if !on {
 		if name := firstSet(h); name != "" {
-			return nil, optionError(name, fmt.Errorf("%w: it configures active health checks, which need health_uri", ErrInapplicableOption))
+			return nil, optionError(name, fmt.Errorf("%w: it configures active health checks, which need health_uri or health_grpc", ErrInapplicableOption))
 		}
 		return nil, nil
 	}
@@ -171,6 +171,26 @@ func parseHealthURI(uri string) (*url.URL, error) {
 	return u, nil
 }
 
+// healthTarget returns what the health checks of the instance at u go to,
+// and how: gRPC checks and every check of an h2c instance through its own
+// transport; HTTP checks of http and https instances on connections of
+// their own.
+func (a *App) healthTarget(u *url.URL) health.Target {
+	if a.health.GRPC {
+		p := url.URL{Scheme: u.Scheme, Host: u.Host}
+		if a.HealthPort != nil {
+			p.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(*a.HealthPort))
+		}
+		return health.Target{URL: p.String(), ViaTransport: true}
+	}
+	return health.Target{
+		URL:          probeURL(u, a.healthURI, a.HealthPort),
+		Dial:         health.DialFunc(a.dial),
+		TLS:          a.tlsConfig,
+		ViaTransport: u.Scheme == "h2c",
+	}
+}
+
 // probeURL returns the URL health checks of the instance at u go to: the
 // health URI joined to its base path, on port if set.
 func probeURL(u, healthURI *url.URL, port *int) string {
@@ -198,6 +218,7 @@ func healthSettingsKey(a *App, spec *health.Spec) string {
 		Port              *int
 		Headers           map[string][]string
 		Status            []string
-	}{a.HealthURI, spec.Method, a.HealthBody, a.HealthPort, spec.Headers, a.HealthStatus})
+		GRPC              *GRPCHealthCheck `json:",omitempty"`
+	}{a.HealthURI, spec.Method, a.HealthBody, a.HealthPort, spec.Headers, a.HealthStatus, a.HealthGRPC})
 	return string(b)
 }

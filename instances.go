@@ -117,7 +117,7 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	if a.dynamic != nil {
 		a.dial = a.dynamic.resolver.DialContext
 	}
-	a.transport = newTransport(a.timeout, a.dial)
+	a.transport = newTransport(a.timeout, a.dial, a.tlsConfig)
 	if a.StickyCookie != "" {
 		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name)
 	}
@@ -151,13 +151,18 @@ func (a *App) newTarget(u *url.URL, weight int, dynamic bool) *target {
 		s := &sharedInstance{key: key, in: backend.New(u, weight, policy, backend.Now())}
 		s.in.SetOnChange(s.notify)
 		if a.health != nil {
-			s.monitor = health.NewMonitor(s.in, probeURL(u, a.healthURI, a.HealthPort), health.DialFunc(a.dial))
+			s.monitor = health.NewMonitor(s.in, a.healthTarget(u))
 		}
 		return s, nil
 	})
 	s := v.(*sharedInstance)
 	s.addListener(a.config, a.onChange)
-	t := &target{shared: s, in: s.in, weight: weight, dynamic: dynamic, url: u, auth: basicAuth(u.User), logField: accessLogField(a.name, s.in)}
+	t := &target{shared: s, in: s.in, weight: weight, dynamic: dynamic, url: u, auth: basicAuth(u.User), rt: a.transport,
+		logField: accessLogField(a.name, s.in)}
+	if u.Scheme == "h2c" {
+		t.h2c = newH2CTransport(a.timeout, a.dial)
+		t.rt = t.h2c
+	}
 	if a.sticky != nil {
 		t.cookieValue = a.sticky.value(s.in)
 		t.cookie, t.secureCookie = a.sticky.setCookie(t.cookieValue)
@@ -202,4 +207,13 @@ func (a *App) release() {
 func (t *target) release(config <-chan struct{}) {
 	t.shared.removeListener(config)
 	_, _ = instanceStates.Delete(t.shared.key)
+	t.closeIdle()
+}
+
+// closeIdle closes the idle connections of t's own transport, if it has
+// one: those of the app's are the app's to close.
+func (t *target) closeIdle() {
+	if t.h2c != nil {
+		t.h2c.CloseIdleConnections()
+	}
 }

@@ -260,7 +260,7 @@ server: x
     instances: [{url: http://127.0.0.1:1}]
 `,
 		pos:  "config.yaml:3:21:",
-		want: []string{`app "a.test": health_headers: option does not apply: it configures active health checks, which need health_uri`},
+		want: []string{`app "a.test": health_headers: option does not apply: it configures active health checks, which need health_uri or health_grpc`},
 		is:   caddylb.ErrInapplicableOption,
 	},
 	{
@@ -482,7 +482,7 @@ server: x
       - url: ftp://127.0.0.1:21
 `,
 		pos:  "config.yaml:5:14:",
-		want: []string{`app "a.test": instances[1].url: scheme must be http or https, got "ftp"`},
+		want: []string{`app "a.test": instances[1].url: scheme must be http, https or h2c, got "ftp"`},
 		is:   caddylb.ErrInvalidScheme,
 	},
 	{
@@ -1005,7 +1005,7 @@ func TestLBYAMLCLI(t *testing.T) {
 			if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
 				t.Fatalf("caddy %s of a bad config: exit %v, want non-zero\n%s", verb, err, out)
 			}
-			if want := bad + `:4:14: app "api.test": instances[0].url: scheme must be http or https`; !strings.Contains(unescape(out), want) {
+			if want := bad + `:4:14: app "api.test": instances[0].url: scheme must be http, https or h2c`; !strings.Contains(unescape(out), want) {
 				t.Errorf("caddy %s output does not contain %q:\n%s", verb, want, out)
 			}
 		}

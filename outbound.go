@@ -90,6 +90,9 @@ func (at *attempt) outbound(t *target, r *http.Request) error {
 
 	base := t.url
 	at.url = url.URL{Scheme: base.Scheme, Host: base.Host, RawQuery: r.URL.RawQuery}
+	if base.Scheme == "h2c" {
+		at.url.Scheme = "http" // over the instance's h2c transport
+	}
 	at.url.Path, at.url.RawPath = joinURLPath(base, r.URL)
 	switch {
 	case base.RawQuery == "":
@@ -110,6 +113,9 @@ func (at *attempt) outbound(t *target, r *http.Request) error {
 		out.Body = nil // the server's http.NoBody: nothing to send
 	}
 	out.GetBody = nil
+	if v, ok := out.Body.(*bodyView); ok && t.h2c != nil {
+		out.GetBody = v.again
+	}
 	return nil
 }
 

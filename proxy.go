@@ -85,7 +85,7 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 
 	if at.err = at.outbound(t, r); at.err == nil {
 		var res *http.Response
-		if res, at.err = a.transport.RoundTrip(&at.out); at.err == nil {
+		if res, at.err = t.rt.RoundTrip(&at.out); at.err == nil {
 			at.err = at.relay(res, r)
 		}
 	}
@@ -219,6 +219,6 @@ func (a *App) done(in *backend.Instance) {
 	if a.retired.Load() {
 		// Caddy finishes the requests of an unloaded config on it, after
 		// Cleanup: the connection this one gave back must not linger.
-		a.transport.CloseIdleConnections()
+		a.closeIdle()
 	}
 }

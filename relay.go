@@ -45,13 +45,20 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	at.w.WriteHeader(res.StatusCode)
 
 	rc := http.NewResponseController(at.w)
-	stream := res.ContentLength == -1 || streaming(res.Header["Content-Type"])
+	// A gRPC trailers-only response (its status in the headers) has no
+	// body: not flushing lets the server send its headers with the end of
+	// the stream, as the client expects.
+	stream := (res.ContentLength == -1 || streaming(res.Header["Content-Type"])) && res.Header["Grpc-Status"] == nil
 	if announced > 0 || stream {
 		// Trailers need a chunked response: flushing now keeps the server
 		// from buffering a short body and giving it a length.
 		_ = rc.Flush()
 	}
-	if err := at.copyBody(res.Body, rc, stream); err != nil {
+	err := at.copyBody(res.Body, rc, stream)
+	if isGRPC(res.Header) {
+		at.grpcOutcome(res, r, err)
+	}
+	if err != nil {
 		return nil
 	}
 	if len(res.Trailer) == announced {
@@ -65,6 +72,23 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 		h[http.TrailerPrefix+k] = vs
 	}
 	return nil
+}
+
+// grpcOutcome records how a gRPC call ended, as the HTTP status its gRPC
+// status maps to (see grpcCallStatus): the client got a 200 either way, but
+// passive health checks, metrics and the report count the call's outcome.
+// A call the client cancelled counts as 499; the gRPC status also goes to
+// the access log.
+func (at *attempt) grpcOutcome(res *http.Response, r *http.Request, copyErr error) {
+	if copyErr != nil && r.Context().Err() != nil {
+		at.status = StatusClientClosedRequest
+		logGRPCStatus(r, 1) // CANCELLED
+		return
+	}
+	if code, status, ok := grpcCallStatus(res.Header, res.Trailer); ok {
+		at.status = status
+		logGRPCStatus(r, code)
+	}
 }
 
 // final records the final response's status and adds what goes on it

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/golb/caddy-lb/upstream"
+	"golang.org/x/net/http2"
 )
 
 // Defaults and bounds of retries.
@@ -77,14 +78,17 @@ func retryable(r *http.Request, status int, err error, body *retryBody) bool {
 		return false // the client's doing: 499, or a broken body (400, 413...)
 	}
 	if notSent(err) {
-		return body.rewind(false)
+		return body.rewind(true) // the body, if read, reached nobody
 	}
 	return idempotent(r) && body.rewind(true)
 }
 
 // notSent reports whether err says no byte of the request reached the
-// instance.
+// instance, or (HTTP/2's REFUSED_STREAM) that it did not process any.
 func notSent(err error) bool {
+	if se, ok := errors.AsType[http2.StreamError](err); ok && se.Code == http2.ErrCodeRefusedStream {
+		return true
+	}
 	return dialFailed(err) || upstream.NotSent(err)
 }
 
@@ -207,6 +211,19 @@ func (v *bodyView) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// again is the GetBody of an outbound HTTP/2 request: the body anew, for
+// the transport to send again on another connection when the instance
+// refused the stream unprocessed; possible if nothing of it was read yet,
+// or all of it, kept.
+func (v *bodyView) again() (io.ReadCloser, error) {
+	if !v.b.rewind(true) {
+		return nil, errNoReplay
+	}
+	return v.b.attempt(), nil
+}
+
+var errNoReplay = errors.New("request body: read in part, cannot be sent again")
 
 // Close closes nothing: the server closes the request's own body.
 func (v *bodyView) Close() error { return nil }

@@ -32,7 +32,10 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 
 	var body *retryBody
 	if retries && r.Body != nil && r.Body != http.NoBody {
-		body = newRetryBody(r.Body, idempotent(r))
+		// Bodies that may be sent again are kept: those of idempotent
+		// requests, and gRPC's (small, and sent again when an HTTP/2
+		// instance refused the stream unprocessed).
+		body = newRetryBody(r.Body, idempotent(r) || isGRPC(r.Header))
 		defer func(orig io.ReadCloser) { r.Body = orig }(r.Body)
 	}
 	var tried [MaxRetries + 1]*backend.Instance

@@ -2,6 +2,7 @@ package caddylb
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -20,9 +21,9 @@ import (
 //
 // dial dials the backends: a net.Dialer with the timeout, or the resolver
 // of discovered instances.
-func newTransport(timeout time.Duration, dial dialFunc) *upstream.Transport {
+func newTransport(timeout time.Duration, dial dialFunc, tlsConfig *tls.Config) *upstream.Transport {
 	return &upstream.Transport{
-		Fallback:              newStdTransport(timeout, dial),
+		Fallback:              newStdTransport(timeout, dial, tlsConfig),
 		DialContext:           dial,
 		DialTimeout:           timeout,
 		TLSHandshakeTimeout:   timeout,
@@ -33,9 +34,12 @@ func newTransport(timeout time.Duration, dial dialFunc) *upstream.Transport {
 	}
 }
 
-// newStdTransport returns a standard transport with the same settings.
-func newStdTransport(timeout time.Duration, dial dialFunc) *http.Transport {
+// newStdTransport returns a standard transport with the same settings. It
+// speaks HTTP/2 to https instances that offer it (ALPN), HTTP/1.1 to the
+// others.
+func newStdTransport(timeout time.Duration, dial dialFunc, tlsConfig *tls.Config) *http.Transport {
 	return &http.Transport{
+		TLSClientConfig: tlsConfig,
 		// Backends are addressed directly: HTTP_PROXY and friends in
 		// Caddy's environment are not meant for them.
 		Proxy:                 nil,
@@ -48,6 +52,16 @@ func newStdTransport(timeout time.Duration, dial dialFunc) *http.Transport {
 		ExpectContinueTimeout: time.Second,
 		// A proxy passes bodies through as the backend encoded them.
 		DisableCompression: true,
+	}
+}
+
+// closeIdle closes the idle connections of the app's transports.
+func (a *App) closeIdle() {
+	a.transport.CloseIdleConnections()
+	if m := a.members.Load(); m != nil {
+		for _, t := range m.targets {
+			t.closeIdle()
+		}
 	}
 }
 

@@ -12,7 +12,10 @@
 package health
 
 import (
+	"crypto/tls"
 	"math/rand/v2"
+	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +34,8 @@ const firstProbeSpread = 2 * time.Second
 // sets the Spec with Run.
 type Monitor struct {
 	instance *backend.Instance
-	prober   *Prober
+	http1    *Prober   // HTTP checks of http and https instances; nil for h2c
+	rt       *rtProber // gRPC checks, and HTTP checks of h2c instances; nil without a Transport
 
 	spec atomic.Pointer[Spec]
 
@@ -45,24 +49,74 @@ type Monitor struct {
 	index int   // in the queue; -1 when not in it
 }
 
-// NewMonitor returns a stopped monitor of in that probes target (the
-// health URI on the instance, http or https) with connections dialed by
-// dial (nil: a net.Dialer). A target that is not a URL fails every check
-// with the parse error.
-func NewMonitor(in *backend.Instance, target string, dial DialFunc) *Monitor {
-	p, err := NewProber(target, dial)
-	if err != nil {
-		p = &Prober{dial: failingDial(err)}
-	}
-	return &Monitor{instance: in, prober: p, index: -1}
+// Target is what a monitor probes, and how.
+type Target struct {
+	// The health URL of HTTP checks (the instance's URL joined with the
+	// health URI, on the health port), or the instance's URL for gRPC
+	// checks: http, https or h2c.
+	URL string
+	// Dial dials the connections of HTTP checks of http and https
+	// instances (nil: a net.Dialer); TLS is their TLS config (nil: the
+	// system's roots and the URL's host name).
+	Dial DialFunc
+	TLS  *tls.Config
+	// ViaTransport sends the checks through the instance's own transport,
+	// given to Run, sharing its connections: for gRPC checks, and every
+	// check of an h2c instance.
+	ViaTransport bool
 }
 
-// Run makes spec the monitor's Spec and, the first time, starts probing:
+// NewMonitor returns a stopped monitor of in that probes t. A URL that
+// cannot be probed fails every check with the reason.
+func NewMonitor(in *backend.Instance, t Target) *Monitor {
+	m := &Monitor{instance: in, index: -1}
+	u, err := url.Parse(t.URL)
+	switch {
+	case err != nil:
+	case t.ViaTransport:
+		if u.Scheme == "h2c" {
+			h := *u
+			h.Scheme = "http"
+			u = &h
+		}
+		m.rt = newRTProber(u)
+		return m
+	default:
+		if m.http1, err = NewProber(t.URL, t.Dial, t.TLS); err == nil {
+			return m
+		}
+	}
+	m.http1 = &Prober{dial: failingDial(err)}
+	return m
+}
+
+// prober returns the monitor's prober.
+func (m *Monitor) prober() prober {
+	if m.rt != nil {
+		return m.rt
+	}
+	return m.http1
+}
+
+// prober is a kind of probe: raw HTTP/1.1 (Prober), or through the
+// instance's transport (rtProber).
+type prober interface {
+	probe(spec *Spec, b *buffers) error
+	abort()
+	isAborted() bool
+	Close()
+}
+
+// Run makes spec the monitor's Spec (and rt the transport of checks
+// ViaTransport) and, the first time, starts probing:
 // the first probe comes after a random delay of up to the interval (at
 // most two seconds), each next one an interval (±10%) after the one
 // before. A probe still running when the next is due is not stacked with
 // another (see backend.Instance.TryStartCheck); that round is skipped.
-func (m *Monitor) Run(spec *Spec) {
+func (m *Monitor) Run(spec *Spec, rt http.RoundTripper) {
+	if m.rt != nil && rt != nil {
+		m.rt.transport.Store(&rt)
+	}
 	m.spec.Store(spec)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -89,9 +143,13 @@ func (m *Monitor) Stop() {
 	m.stopped = true
 	m.mu.Unlock()
 	schedule.remove(m)
-	m.prober.abort()
+	for _, p := range m.probers() {
+		p.abort()
+	}
 	m.probes.Wait()
-	m.prober.Close()
+	for _, p := range m.probers() {
+		p.Close()
+	}
 }
 
 // round is one scheduled check, run by a worker with its buffers.
@@ -110,10 +168,11 @@ func (m *Monitor) round(b *buffers) {
 		return
 	}
 	spec := m.spec.Load()
+	p := m.prober()
 	start := time.Now()
-	err := m.prober.probe(spec, b)
+	err := p.probe(spec, b)
 	took := time.Since(start)
-	if m.prober.isAborted() {
+	if p.isAborted() {
 		// Stopped: the probe was cut short by us, so it says nothing
 		// about the instance.
 		in.AbandonCheck()
@@ -121,6 +180,18 @@ func (m *Monitor) round(b *buffers) {
 	}
 	in.ObserveCheck(took)
 	in.FinishCheck(backend.Now(), err, spec.Passes, spec.Fails)
+}
+
+// probers returns the monitor's probers.
+func (m *Monitor) probers() []prober {
+	var ps []prober
+	if m.http1 != nil {
+		ps = append(ps, m.http1)
+	}
+	if m.rt != nil {
+		ps = append(ps, m.rt)
+	}
+	return ps
 }
 
 // interval is the time to the monitor's next round.

@@ -32,7 +32,7 @@ func TestRoundSkipsWhileCheckRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := backend.New(u, 1, &backend.Policy{}, backend.Now())
-	m := NewMonitor(in, srv.URL+"/health", nil)
+	m := NewMonitor(in, Target{URL: srv.URL + "/health"})
 	// Not in the schedule: the test runs the rounds.
 	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour, Passes: 1, Fails: 1})
 	t.Cleanup(m.Stop)
@@ -69,7 +69,7 @@ func TestRoundAfterStop(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	m := NewMonitor(backend.New(u, 1, &backend.Policy{}, backend.Now()), srv.URL, nil)
+	m := NewMonitor(backend.New(u, 1, &backend.Policy{}, backend.Now()), Target{URL: srv.URL})
 	m.spec.Store(&Spec{Interval: time.Hour, Timeout: time.Hour})
 	m.Stop()
 	m.round(getBuffers())

@@ -40,7 +40,7 @@ func newInstance(t *testing.T, serverURL string) (*backend.Instance, <-chan back
 // test ends.
 func newMonitor(t *testing.T, in *backend.Instance, srv string, path string) *health.Monitor {
 	t.Helper()
-	m := health.NewMonitor(in, withUserinfo(srv)+path, nil)
+	m := health.NewMonitor(in, health.Target{URL: withUserinfo(srv) + path})
 	t.Cleanup(m.Stop)
 	return m
 }
@@ -95,7 +95,7 @@ func TestMonitorFirstRound(t *testing.T) {
 		if m.Running() {
 			t.Fatal("a new monitor is running")
 		}
-		m.Run(spec)
+		m.Run(spec, nil)
 		if !m.Running() {
 			t.Fatal("a monitor is not running after Run")
 		}
@@ -150,7 +150,7 @@ func TestMonitorReportsEachChangeOnce(t *testing.T) {
 	})
 	in, changes := newInstance(t, srv.URL)
 	m := newMonitor(t, in, srv.URL, "/health")
-	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 2, Fails: 2})
+	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 2, Fails: 2}, nil)
 	answer := func(code int) { send(t, codes, code, overlap, fmt.Sprintf("a probe to answer %d", code)) }
 
 	// A probe is only sent once the previous one has been recorded (checks
@@ -239,8 +239,8 @@ func TestMonitorChecksNeverStack(t *testing.T) {
 	fastIn, _ := newInstance(t, fast.URL)
 	slowMon := newMonitor(t, slowIn, slow.URL, "/health")
 	fastMon := newMonitor(t, fastIn, fast.URL, "/health")
-	slowMon.Run(spec)
-	fastMon.Run(spec)
+	slowMon.Run(spec, nil)
+	fastMon.Run(spec, nil)
 	never := make(chan struct{})
 
 	for i := range releases {
@@ -310,7 +310,7 @@ func TestMonitorStopCutsProbeShort(t *testing.T) {
 			before := in.Status()
 
 			m := newMonitor(t, in, srv.URL, "/health")
-			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1})
+			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1}, nil)
 			<-arrived
 			if in.TryStartCheck() {
 				t.Fatal("TryStartCheck = true while the monitor's probe is in flight")
@@ -333,7 +333,7 @@ func TestMonitorStopCutsProbeShort(t *testing.T) {
 				t.Error("running after Stop")
 			}
 			m.Stop() // again: nothing to do
-			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour})
+			m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour}, nil)
 			if m.Running() {
 				t.Error("running after a Run following Stop")
 			}
@@ -353,11 +353,11 @@ func TestMonitorRunChangesSpec(t *testing.T) {
 	})
 	in, _ := newInstance(t, srv.URL)
 	m := newMonitor(t, in, srv.URL, "/health")
-	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1})
+	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Passes: 1, Fails: 1}, nil)
 	if got := <-methods; got != http.MethodGet {
 		t.Fatalf("first probe %s, want GET", got)
 	}
-	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Method: http.MethodHead, Passes: 1, Fails: 1})
+	m.Run(&health.Spec{Interval: time.Millisecond, Timeout: time.Hour, Method: http.MethodHead, Passes: 1, Fails: 1}, nil)
 	if !m.Running() {
 		t.Error("not running after a second Run")
 	}

@@ -43,6 +43,11 @@ type Spec struct {
 	// Passes and Fails are the consecutive checks that bring an instance
 	// back or take it out.
 	Passes, Fails int
+	// GRPC makes the checks gRPC ones: grpc.health.v1.Health/Check for
+	// GRPCService ("" for the whole server), passing if the answer is
+	// SERVING. Method, Headers, Status and Body do not apply.
+	GRPC        bool
+	GRPCService string
 }
 
 // DialFunc dials instances, as net.Dialer.DialContext.
@@ -76,8 +81,10 @@ type Prober struct {
 }
 
 // NewProber returns a prober of target, an http or https URL (userinfo, if
-// any, is sent as basic auth), dialing through dial (nil: a net.Dialer).
-func NewProber(target string, dial DialFunc) (*Prober, error) {
+// any, is sent as basic auth), dialing through dial (nil: a net.Dialer),
+// with tlsConfig for https (nil: the system's roots; its ServerName
+// defaults to the URL's host name, and only HTTP/1.1 is offered).
+func NewProber(target string, dial DialFunc, tlsConfig *tls.Config) (*Prober, error) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, err
@@ -96,7 +103,14 @@ func NewProber(target string, dial DialFunc) (*Prober, error) {
 		if port == "" {
 			port = "443"
 		}
-		p.tls = &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}}
+		p.tls = &tls.Config{}
+		if tlsConfig != nil {
+			p.tls = tlsConfig.Clone()
+		}
+		if p.tls.ServerName == "" {
+			p.tls.ServerName = u.Hostname()
+		}
+		p.tls.NextProtos = []string{"http/1.1"}
 	default:
 		return nil, fmt.Errorf("cannot probe a %q URL", u.Scheme)
 	}
@@ -327,7 +341,7 @@ func (p *Prober) request(spec *Spec) []byte {
 // Probe sends one probe to target as spec says, on a connection of its own
 // (see Prober.Probe).
 func Probe(ctx context.Context, target string, dial DialFunc, spec *Spec) error {
-	p, err := NewProber(target, dial)
+	p, err := NewProber(target, dial, nil)
 	if err != nil {
 		return err
 	}

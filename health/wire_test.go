@@ -129,7 +129,7 @@ func TestProbeAnswers(t *testing.T) {
 					s.Body = regexp.MustCompile(tt.body)
 				}
 			})
-			p, err := health.NewProber(srv.url(), nil)
+			p, err := health.NewProber(srv.url(), nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,7 +158,7 @@ func TestProberReconnects(t *testing.T) {
 	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	srv := newRawServer(t, ok, ok, ok)
 	srv.closeIdx[0] = true // the instance closes the first connection after its answer
-	p, err := health.NewProber(srv.url(), nil)
+	p, err := health.NewProber(srv.url(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestProberReconnects(t *testing.T) {
 		arrived <- struct{}{}
 		<-r.Context().Done()
 	})
-	bp, err := health.NewProber(blocked.URL, nil)
+	bp, err := health.NewProber(blocked.URL, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/golb/caddy-lb/discovery"
+	"github.com/golb/caddy-lb/internal/tlsopt"
 )
 
 func init() {
@@ -230,7 +231,7 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.Password = d.Val()
 			}
 		case "tls_client_auth", "tls_trust_pool", "tls_insecure_skip_verify", "tls_server_name":
-			if err := s.unmarshalTLS(d, opt); err != nil {
+			if err := tlsopt.Unmarshal(d, opt, &s.TLS); err != nil {
 				return err
 			}
 		default:
@@ -239,37 +240,6 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.Errf("%s: too many arguments", opt)
 		}
-	}
-	return nil
-}
-
-// unmarshalTLS reads one tls_* option, as the http transport's.
-func (s *Source) unmarshalTLS(d *caddyfile.Dispenser, opt string) error {
-	if s.TLS == nil {
-		s.TLS = new(reverseproxy.TLSConfig)
-	}
-	args := d.RemainingArgs()
-	switch opt {
-	case "tls_client_auth":
-		if len(args) != 2 {
-			return d.ArgErr()
-		}
-		s.TLS.ClientCertificateFile, s.TLS.ClientCertificateKeyFile = args[0], args[1]
-	case "tls_trust_pool":
-		if len(args) < 2 || args[0] != "file" {
-			return d.Errf("tls_trust_pool: want file <pem_files...>")
-		}
-		s.TLS.RootCAPEMFiles = append(s.TLS.RootCAPEMFiles, args[1:]...)
-	case "tls_insecure_skip_verify":
-		if len(args) != 0 {
-			return d.ArgErr()
-		}
-		s.TLS.InsecureSkipVerify = true
-	case "tls_server_name":
-		if len(args) != 1 {
-			return d.ArgErr()
-		}
-		s.TLS.ServerName = args[0]
 	}
 	return nil
 }
