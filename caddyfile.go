@@ -210,8 +210,12 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 		return p.parseDynamic(a)
 	}
 	if tlsopt.IsOption(opt) {
-		if err := tlsopt.Unmarshal(d, opt, &a.app.TLS); err != nil {
-			return err
+		if _, dup := a.seen[opt]; dup && opt != "tls_trust_pool" {
+			return p.errf(a, "%s already specified", opt)
+		}
+		a.seen[opt] = d.Token()
+		if err := tlsopt.Set(&a.app.TLS, opt, d.RemainingArgs()); err != nil {
+			return p.errf(a, "%v", err)
 		}
 		if d.NextBlock(d.Nesting()) {
 			d.Prev()

@@ -61,6 +61,29 @@ var unmarshalCases = []unmarshalCase{
 			 "instances":[{"url":"http://127.0.0.1:9081"},{"url":"http://127.0.0.1:9082"}]}]}`,
 	},
 	{
+		name:  "gRPC health checks of h2c instances",
+		input: inApp("instances h2c://127.0.0.1:50051 h2c://127.0.0.1:50052", "health_grpc"),
+		want:  `{"apps":[{"host":"a.example.com","health_grpc":{},"instances":[{"url":"h2c://127.0.0.1:50051"},{"url":"h2c://127.0.0.1:50052"}]}]}`,
+	},
+	{
+		name:  "gRPC health checks of a service, TLS options",
+		input: inApp("instances https://127.0.0.1:8443", "health_grpc my.Service", "tls_server_name backend.internal", "tls_insecure_skip_verify"),
+		want: `{"apps":[{"host":"a.example.com","health_grpc":{"service":"my.Service"},"instances":[{"url":"https://127.0.0.1:8443"}],
+			"tls":{"insecure_skip_verify":true,"server_name":"backend.internal"}}]}`,
+	},
+	{
+		name:    "health_grpc with two services",
+		input:   inApp("instances h2c://127.0.0.1:1", "health_grpc a b"),
+		wantErr: []string{`app "a.example.com": health_grpc: want at most one service name, got 2: ["a" "b"]`},
+		line:    4,
+	},
+	{
+		name:    "tls_trust_pool without file",
+		input:   inApp("instances https://127.0.0.1:1", "tls_trust_pool ca.pem"),
+		wantErr: []string{`app "a.example.com": tls_trust_pool: want file <pem_files...>`},
+		line:    4,
+	},
+	{
 		name:  "app with instances only",
 		input: inApp("instances 127.0.0.1:8081"),
 		want:  `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:8081"}]}]}`,

@@ -231,8 +231,8 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.Password = d.Val()
 			}
 		case "tls_client_auth", "tls_trust_pool", "tls_insecure_skip_verify", "tls_server_name":
-			if err := tlsopt.Unmarshal(d, opt, &s.TLS); err != nil {
-				return err
+			if err := tlsopt.Set(&s.TLS, opt, d.RemainingArgs()); err != nil {
+				return d.Errf("%v", err)
 			}
 		default:
 			return d.Errf("unrecognized etcd option %q (want endpoints, dial_timeout, username, password or tls_*)", opt)
