@@ -364,3 +364,51 @@ func TestHTTP1ClientToH2C(t *testing.T) {
 		t.Errorf("POST: %q", body)
 	}
 }
+
+// TestGRPCDynamicH2C: instances a DNS source gives, with dynamic_scheme
+// h2c, are h2c ones, checked with health_grpc.
+func TestGRPCDynamicH2C(t *testing.T) {
+	dnsSrv := newDNSServer(t)
+	g1, g2 := newGRPCBackend(t, "g1", nil), newGRPCBackend(t, "g2", nil)
+	dnsSrv.setA("g1.grpc.lbtest", "127.0.0.1")
+	dnsSrv.setA("g2.grpc.lbtest", "127.0.0.1")
+	const srvName = "_grpc._tcp.svc.lbtest"
+	dnsSrv.setSRV(srvName, "g1.grpc.lbtest:"+hostPort(t, g1.url("http")), "g2.grpc.lbtest:"+hostPort(t, g2.url("http")))
+	s := newSite(t)
+	s.global = grpcGlobal
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		dynamic srv %s {
+			resolvers %s
+			refresh 1ms
+		}
+		dynamic_scheme h2c
+		dynamic_refresh 20ms
+		health_grpc
+		health_check_cooldown 20ms
+	}
+}`, srvName, dnsSrv.addr))
+	waitFor(t, "both discovered instances checked and healthy", func() bool {
+		app := fetchReport(t).Apps[0]
+		healthy := 0
+		for _, in := range app.Instances {
+			if strings.HasPrefix(in.URL, "h2c://") && in.LastChecked != nil && in.State == "healthy" {
+				healthy++
+			}
+		}
+		return healthy == 2
+	})
+	client := grpcClient(t, s.port)
+	got := map[string]int{}
+	for range 10 {
+		resp, err := client.UnaryCall(context.Background(), &testpb.SimpleRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[resp.GetHostname()]++
+	}
+	if got["g1"] != 5 || got["g2"] != 5 {
+		t.Errorf("calls per backend %v, want 5 each", got)
+	}
+}

@@ -4,6 +4,7 @@
 //
 //	backend -port 9001 -body 16 -sleep 5ms
 //	backend -addr 127.1.0.1 -addrs 5000 -port 9100   # one listener on each of 5000 addresses
+//	backend -port 9001 -grpc                         # gRPC over h2c (see grpc.go)
 //
 // Any path ending in /health gets 200 "ok" at once (no sleep), so instances
 // with a base path (http://127.0.0.1:9001/i3) pass their checks too.
@@ -36,6 +37,7 @@ func main() {
 	addrs := flag.Int("addrs", 1, "listen on this many consecutive loopback addresses from -addr, one listener each, same port")
 	body := flag.Int("body", 16, "response body size in bytes")
 	sleep := flag.Duration("sleep", 0, "sleep this long before answering (not for /health)")
+	grpcMode := flag.Bool("grpc", false, "serve gRPC over h2c instead: grpc-go's interop TestService and the health service")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
 		log.Fatal("backend: -port is required")
@@ -43,6 +45,11 @@ func main() {
 	first, err := netip.ParseAddr(*addr)
 	if err != nil || !first.Is4() {
 		log.Fatalf("backend: -addr %q: not an IPv4 address", *addr)
+	}
+
+	if *grpcMode {
+		serveGRPC(first, *port)
+		return
 	}
 
 	var requests, checks atomic.Int64

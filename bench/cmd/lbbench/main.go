@@ -1,7 +1,8 @@
 // Command lbbench is the load benchmark of caddy-lb: throughput, latency and
 // CPU per request of Caddy's reverse_proxy and our load_balancer against
 // the same backends, Caddy's memory with and without load_balancer, and
-// optionally the cost of health checking 10,000 instances.
+// optionally the cost of health checking 10,000 instances, of discovering
+// 10,000 churning instances, and unary gRPC calls.
 //
 // Run it through bench/run.sh, which builds Caddy, the backend and this
 // program and installs wrk if it is missing; see bench/README.md.
@@ -63,6 +64,7 @@ type options struct {
 	healthSettle     time.Duration
 	healthDuration   time.Duration
 	dynamic10k       bool
+	grpc             bool
 	dynamicInstances int
 	dynamicChurn     int
 	out              string
@@ -81,6 +83,13 @@ type bench struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "grpc-client" {
+		if err := runGRPCClient(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "lbbench grpc-client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	opt, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -126,6 +135,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.healthSettle, "health-settle", 10*time.Second, "wait after Caddy starts before measuring, for -health10k")
 	fs.DurationVar(&o.healthDuration, "health-duration", 30*time.Second, "measured time of each -health10k config")
 	fs.BoolVar(&o.dynamic10k, "dynamic10k", false, "also measure an app of many instances discovered through etcd, churning, against the same listed in the config")
+	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy (h2c) and direct")
 	fs.IntVar(&o.dynamicInstances, "dynamic-instances", 10000, "instances for -dynamic10k")
 	fs.IntVar(&o.dynamicChurn, "dynamic-churn", 100, "instances replaced every second for -dynamic10k")
 	fs.StringVar(&o.out, "out", "", "directory for the results (default: a new directory under $TMPDIR)")
@@ -298,6 +308,11 @@ func (b *bench) run() error {
 	}
 	if b.opt.dynamic10k {
 		if err := b.dynamicMany(); err != nil {
+			return err
+		}
+	}
+	if b.opt.grpc {
+		if err := b.grpcBench(); err != nil {
 			return err
 		}
 	}
