@@ -63,6 +63,7 @@ type App struct {
 	ActiveHealth
 	PassiveHealth
 	RetryPolicy
+	Overload
 
 	// An instance that is added, becomes healthy or comes back from an
 	// ejection ramps its share of traffic from 10% to 100% of its weight
@@ -93,6 +94,8 @@ type App struct {
 	dynamic   *dynamicInstances // nil without dynamic_upstreams
 	serving   atomic.Bool       // set once Caddy runs the config
 	retired   atomic.Bool       // set by Cleanup
+	logger    *zap.Logger
+	overload  overload
 }
 
 // settings is what provision compiles an app's options into.
@@ -108,6 +111,7 @@ type settings struct {
 	healthURI    *url.URL          // nil without health_uri
 	passive      backend.Policy    // what passive checks and slow start do
 	retry        retrySettings
+	limits       overloadSettings
 	discovery    discoverySettings
 	panic        int        // panic threshold, percent; 0: off
 	urls         []*url.URL // the configured instances' parsed URLs, in config order
@@ -277,6 +281,9 @@ func (s *settings) compile(app *App) error {
 		return optionError("slow_start", err)
 	}
 	if s.retry, err = app.RetryPolicy.compile(); err != nil {
+		return err
+	}
+	if s.limits, err = app.Overload.compile(); err != nil {
 		return err
 	}
 	if s.discovery, err = app.Discovery.compile(); err != nil {

@@ -72,6 +72,12 @@ var unmarshalCases = []unmarshalCase{
 			"tls":{"insecure_skip_verify":true,"server_name":"backend.internal"}}]}`,
 	},
 	{
+		name:  "overload protection and retry_status",
+		input: inApp("instances 127.0.0.1:1", "max_requests 8", "max_queue 100", "queue_timeout 2s", "retry_status 503 429 5xx"),
+		want: `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:1"}],"max_queue":100,"max_requests":8,
+			"queue_timeout":"2s","retry_status":["503","429","5xx"]}]}`,
+	},
+	{
 		name:    "health_grpc with two services",
 		input:   inApp("instances h2c://127.0.0.1:1", "health_grpc a b"),
 		wantErr: []string{`app "a.example.com": health_grpc: want at most one service name, got 2: ["a" "b"]`},

@@ -9,7 +9,7 @@ import (
 )
 
 // appOf returns the report entry of the app of host.
-func appOf(t *testing.T, rep report.Report, host string) report.App {
+func appOf(t testing.TB, rep report.Report, host string) report.App {
 	t.Helper()
 	for _, app := range rep.Apps {
 		if app.Host == host {

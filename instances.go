@@ -112,7 +112,10 @@ type members struct {
 // in charge of them (see sharedInstance.notify); config is its Done
 // channel.
 func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
-	a.config, a.onChange = config, onChange
+	a.config, a.onChange, a.logger = config, onChange, logger
+	if a.limits.queue > 0 {
+		a.overload.queue = &requestQueue{max: a.limits.queue, timeout: a.limits.queueTimeout}
+	}
 	a.dial = dialer(a.timeout).DialContext
 	if a.dynamic != nil {
 		a.dial = a.dynamic.resolver.DialContext

@@ -64,9 +64,18 @@ var (
 	descDynamicInstances = prometheus.NewDesc(metricsPrefix+"dynamic_instances",
 		"Instances the app's dynamic source gives now.", labelsSource, nil)
 
+	labelsApp       = []string{"app"}
+	descQueueLength = prometheus.NewDesc(metricsPrefix+"queue_length",
+		"Requests waiting now for an instance under max_requests.", labelsApp, nil)
+	descQueueWait = prometheus.NewDesc(metricsPrefix+"queue_wait_seconds",
+		"Time requests waited for an instance under max_requests, whether they got one or not.", labelsApp, nil)
+	descRejected = prometheus.NewDesc(metricsPrefix+"rejected_total",
+		"Requests turned away with 503 because every instance was at max_requests (and the queue full, or the wait over).", labelsApp, nil)
+
 	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descRequests,
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
-		descDynamicUpdates, descDynamicErrors, descDynamicInstances}
+		descDynamicUpdates, descDynamicErrors, descDynamicInstances,
+		descQueueLength, descQueueWait, descRejected}
 )
 
 // stateLabels are the values of the state label.
@@ -182,6 +191,51 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		series[i].collect(ch)
 	}
 	collectSources(ch, handlers)
+	collectOverload(ch, handlers)
+}
+
+// collectOverload reports the queues and rejections of the handlers' apps
+// that have max_requests; apps of the same name are added up.
+func collectOverload(ch chan<- prometheus.Metric, handlers []*Handler) {
+	type appOverload struct {
+		queued   int
+		rejected uint64
+		waits    backend.HistogramSnapshot
+	}
+	index := map[string]int{}
+	var names []string
+	var apps []appOverload
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			if app.limits.limit == 0 {
+				continue
+			}
+			o := appOverload{queued: app.queued(), rejected: app.overload.rejected.Load(), waits: app.overload.waits.Snapshot()}
+			if i, ok := index[app.name]; ok {
+				apps[i].queued += o.queued
+				apps[i].rejected += o.rejected
+				mergeHistogram(&apps[i].waits, &o.waits)
+				continue
+			}
+			index[app.name] = len(apps)
+			names = append(names, app.name)
+			apps = append(apps, o)
+		}
+	}
+	for i, o := range apps {
+		ch <- prometheus.MustNewConstMetric(descQueueLength, prometheus.GaugeValue, float64(o.queued), names[i])
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(o.rejected), names[i])
+		ch <- prometheus.MustNewConstHistogram(descQueueWait, o.waits.Count, o.waits.Sum, histogramBuckets(&o.waits), names[i])
+	}
+}
+
+// histogramBuckets returns h's buckets as Prometheus takes them.
+func histogramBuckets(h *backend.HistogramSnapshot) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(h.Buckets))
+	for i, b := range backend.HistogramBounds {
+		buckets[b] = h.Buckets[i]
+	}
+	return buckets
 }
 
 // collectSources reports the dynamic sources of the handlers' apps, each
@@ -241,11 +295,7 @@ func (im *instanceMetrics) collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{app, inst}, extra...)...)
 	}
 	histogram := func(d *prometheus.Desc, h *backend.HistogramSnapshot) {
-		buckets := make(map[float64]uint64, len(h.Buckets))
-		for i, b := range backend.HistogramBounds {
-			buckets[b] = h.Buckets[i]
-		}
-		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets, app, inst)
+		ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, histogramBuckets(h), app, inst)
 	}
 
 	gauge(descHealthy, b2f(im.healthy))

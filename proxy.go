@@ -21,10 +21,12 @@ import (
 // sees it.
 const StatusClientClosedRequest = 499
 
-// proxy sends r to the instance in through t once, and returns the
-// status the client got or should get, and the error that failed the
-// exchange (nil if the instance answered; the response is then under way
-// or done). cookie, if not empty, is the sticky cookie's Set-Cookie value,
+// proxy sends r to the instance in (acquired by pick, released here)
+// through t once, and returns the status the client got or should get,
+// and the error that failed the exchange (nil if the instance answered;
+// the response is then under way or done; a *retryStatusError if it
+// answered with a status of retry_status that was discarded for a retry).
+// cookie, if not empty, is the sticky cookie's Set-Cookie value,
 // added to the final response only (never to a 1xx). trial says the
 // request is an ejected instance's trial (see backend.Pool.Admit).
 //
@@ -38,8 +40,7 @@ const StatusClientClosedRequest = 499
 // learns from latencies, is told that latency too; a request the instance
 // failed counts as taking at least the app's timeout, so that a broken
 // instance looks slow rather than fast.
-func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, w http.ResponseWriter, r *http.Request) (status int, err error) {
-	in.Acquire()
+func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, rs retryState, w http.ResponseWriter, r *http.Request) (status int, err error) {
 	defer a.done(in) // also when the response is aborted with a panic
 
 	// Caddy's own Server header gives way to the backend's, as with
@@ -48,7 +49,7 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 	server := h["Server"]
 	delete(h, "Server")
 
-	at := &attempt{w: w, obs: a.observer, in: in, start: backend.Now(), cookie: cookie}
+	at := &attempt{app: a, rs: rs, w: w, obs: a.observer, in: in, start: backend.Now(), cookie: cookie}
 	defer func() {
 		// Also when the response is aborted with a panic: the status the
 		// client got is the one written, if any.
@@ -64,15 +65,19 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 		}
 		now := backend.Now()
 		in.RecordResponse(status, now)
+		failure := at.err
+		if _, ok := failure.(*retryStatusError); ok {
+			failure = nil // an answer: judged by its status, as any other
+		}
 		switch p := in.Policy(); {
-		case status == StatusClientClosedRequest || clientsFault(at.err):
+		case status == StatusClientClosedRequest || clientsFault(failure):
 			if trial {
 				in.AbandonTrial()
 			}
 		case at.cutShort:
 			a.pool.Failed(in, now, "response cut short", trial)
-		case at.err != nil:
-			a.pool.Failed(in, now, at.err.Error(), trial)
+		case failure != nil:
+			a.pool.Failed(in, now, failure.Error(), trial)
 		case p.UnhealthyStatus.Has(status):
 			a.pool.Failed(in, now, "status "+strconv.Itoa(status), trial)
 		default:
@@ -96,6 +101,11 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 	}
 	if at.err == nil || at.started {
 		return at.status, nil
+	}
+	if rse, ok := at.err.(*retryStatusError); ok {
+		// The instance answered, with a status to retry on elsewhere.
+		at.observe()
+		return rse.status, at.err
 	}
 	status = statusFor(r, at.err)
 	at.status = status
@@ -165,6 +175,8 @@ func clientBodyStatus(err error) int {
 // attempt is one try of a request on one instance: the request sent to
 // it and the response relayed to the client.
 type attempt struct {
+	app    *App
+	rs     retryState // the request's attempts so far, for retry_status
 	w      http.ResponseWriter
 	cookie string // Set-Cookie value for the final response; "" for none
 
@@ -213,9 +225,12 @@ func (at *attempt) observeAtLeast(floor time.Duration) {
 	}
 }
 
-// done ends a request to in.
+// done ends a request to in, which pick acquired.
 func (a *App) done(in *backend.Instance) {
 	in.Release()
+	if q := a.overload.queue; q != nil {
+		q.freed()
+	}
 	if a.retired.Load() {
 		// Caddy finishes the requests of an unloaded config on it, after
 		// Cleanup: the connection this one gave back must not linger.

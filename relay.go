@@ -28,6 +28,14 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return at.switchProtocols(res, r)
 	}
+	if a := at.app; !a.retry.status.Empty() && a.retryOnStatus(r, at.in, res.StatusCode, &at.rs) {
+		// Retried on another instance: nothing of this response goes to
+		// the client. Its body is read (up to 64 KiB) so that the
+		// connection may serve again.
+		discard(res.Body)
+		at.status = res.StatusCode
+		return &retryStatusError{res.StatusCode}
+	}
 	h := at.w.Header()
 	removeHopByHop(res.Header, false)
 	for k, vs := range res.Header {
@@ -143,6 +151,13 @@ func (at *attempt) copyBody(body io.Reader, rc *http.ResponseController, stream 
 			return rerr
 		}
 	}
+}
+
+// discard reads up to 64 KiB of body, and no more.
+func discard(body io.Reader) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	_, _ = io.CopyBuffer(io.Discard, io.LimitReader(body, 64<<10), *bp)
 }
 
 // copyBuffers pools the 32 KiB buffers response bodies are copied through.

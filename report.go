@@ -20,9 +20,16 @@ func (h *Handler) ReportApps() []report.App {
 				ra.Dynamic.Updated = &u
 			}
 		}
+		if app.limits.limit > 0 {
+			queued, rejected := app.queued(), app.overload.rejected.Load()
+			ra.Queued, ra.Rejected = &queued, &rejected
+		}
 		m := app.members.Load()
 		for _, in := range app.pool.All() {
 			ri := reportInstance(in, now)
+			if app.limits.limit > 0 {
+				ri.MaxRequests = in.Limit(app.limits.limit)
+			}
 			ri.Source = "config"
 			if t := m.targets[in]; t != nil && t.dynamic {
 				ri.Source = "dynamic"

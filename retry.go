@@ -2,12 +2,15 @@ package caddylb
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/golb/caddy-lb/backend"
 	"github.com/golb/caddy-lb/upstream"
 	"golang.org/x/net/http2"
 )
@@ -43,6 +46,15 @@ type RetryPolicy struct {
 	// seconds, above a floor of 10 retries in that window: a failing fleet
 	// is not hammered by retry storms. Default: 20.
 	RetryBudgetPercent *int `json:"retry_budget_percent,omitempty"`
+
+	// Statuses that have an idempotent request sent to another instance
+	// before anything reaches the client (Envoy's retry_on 5xx, Caddy's
+	// lb_retry_match on statuses): codes ("503") or classes ("5xx"). The
+	// response is discarded, within retries, try_duration and the retry
+	// budget; when no retry is possible it goes to the client as sent.
+	// Such a response counts for passive checks as one of
+	// unhealthy_status. Default: none.
+	RetryStatus Statuses `json:"retry_status,omitempty"`
 }
 
 // retrySettings are a RetryPolicy, checked, with defaults.
@@ -50,6 +62,7 @@ type retrySettings struct {
 	retries int
 	try     time.Duration // 0: no limit
 	budget  int           // retry budget, percent of recent requests
+	status  backend.StatusSet
 }
 
 func (p *RetryPolicy) compile() (r retrySettings, err error) {
@@ -61,6 +74,14 @@ func (p *RetryPolicy) compile() (r retrySettings, err error) {
 	}
 	if r.budget, err = percent(p.RetryBudgetPercent, DefaultRetryBudgetPercent); err != nil {
 		return r, optionError("retry_budget_percent", err)
+	}
+	if len(p.RetryStatus) > 0 {
+		if r.status, err = p.RetryStatus.parse(); err != nil {
+			return r, optionError("retry_status", err)
+		}
+		if r.retries == 0 {
+			return r, optionError("retry_status", fmt.Errorf("%w: it retries, and retries is 0", ErrInapplicableOption))
+		}
 	}
 	return r, nil
 }
@@ -74,6 +95,9 @@ func (p *RetryPolicy) compile() (r retrySettings, err error) {
 // not, nor one whose body the client broke; nor may one whose response has
 // begun (proxy never returns an error for those: it aborts the response).
 func retryable(r *http.Request, status int, err error, body *retryBody) bool {
+	if _, ok := errors.AsType[*retryStatusError](err); ok {
+		return body.rewind(true) // retryOnStatus checked the rest
+	}
 	if status < 500 || r.Context().Err() != nil {
 		return false // the client's doing: 499, or a broken body (400, 413...)
 	}
@@ -104,6 +128,45 @@ func idempotent(r *http.Request) bool {
 	_, key := r.Header["Idempotency-Key"]
 	_, xkey := r.Header["X-Idempotency-Key"]
 	return key || xkey
+}
+
+// retryState is what deciding on a retry_status retry takes of the
+// request's attempts so far.
+type retryState struct {
+	attempt int   // 0 for the first
+	start   int64 // backend.Now when the request started
+	body    *retryBody
+}
+
+// retryStatusError is the outcome of an attempt whose response had a
+// status of retry_status and was discarded for a retry.
+type retryStatusError struct{ status int }
+
+func (e *retryStatusError) Error() string { return "status " + strconv.Itoa(e.status) }
+
+// retryOnStatus reports whether the response of status that in sent to
+// r's attempt rs is to be discarded for a retry on another instance: the
+// status is one of retry_status, r is idempotent, its body can be sent
+// again, and retries, try_duration, the retry budget and another
+// available instance allow a retry. It takes nothing: serve takes the
+// retry.
+func (a *App) retryOnStatus(r *http.Request, in *backend.Instance, status int, rs *retryState) bool {
+	if !a.retry.status.Has(status) || rs.attempt >= a.retry.retries || !idempotent(r) || !rs.body.replayable() {
+		return false
+	}
+	now := backend.Now()
+	if a.retry.try > 0 && time.Duration(now-rs.start) >= a.retry.try {
+		return false
+	}
+	if !a.budget.wouldAllow(now) {
+		return false
+	}
+	for _, c := range a.pool.Available() {
+		if c != in {
+			return true
+		}
+	}
+	return false
 }
 
 // maxReplayBody is the largest request body kept to be sent again.
@@ -160,6 +223,17 @@ func (b *retryBody) rewind(whole bool) bool {
 		return true
 	}
 	return whole && b.eof && !b.dropped
+}
+
+// replayable reports whether the body could be sent again now, as
+// rewind(true) would, without changing anything. A nil body can.
+func (b *retryBody) replayable() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.reading && (b.read == 0 || (b.eof && !b.dropped))
 }
 
 // errAttemptOver is what the view of a failed attempt reads.
@@ -252,9 +326,9 @@ type budgetSlot struct {
 // request counts a request at now (backend.Now's base).
 func (b *retryBudget) request(now int64) { b.slot(now).requests.Add(1) }
 
-// allowRetry reports whether a retry at now fits the budget, and counts
-// it if so.
-func (b *retryBudget) allowRetry(now int64) bool {
+// wouldAllow reports whether a retry at now would fit the budget, counting
+// nothing.
+func (b *retryBudget) wouldAllow(now int64) bool {
 	sec := now/int64(time.Second) + 1
 	var requests, retries int64
 	for i := range b.slots {
@@ -264,7 +338,13 @@ func (b *retryBudget) allowRetry(now int64) bool {
 			retries += s.retries.Load()
 		}
 	}
-	if retries >= max(budgetFloor, requests*int64(b.percent)/100) {
+	return retries < max(budgetFloor, requests*int64(b.percent)/100)
+}
+
+// allowRetry reports whether a retry at now fits the budget, and counts
+// it if so.
+func (b *retryBudget) allowRetry(now int64) bool {
+	if !b.wouldAllow(now) {
 		return false
 	}
 	b.slot(now).retries.Add(1)

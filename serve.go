@@ -43,7 +43,33 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	gone := 0        // picks of instances that had just left the app
 	for n := 0; ; n++ {
 		m := a.members.Load()
-		in, trial, pinned := a.pick(r, m, tried[:n])
+		var in *backend.Instance
+		var trial, pinned, full bool
+		if q := a.overload.queue; q == nil || !q.waiting() {
+			in, trial, pinned, full = a.pick(r, m, tried[:n])
+		} else {
+			full = true // others wait for a slot: no barging
+		}
+		if in == nil && full {
+			// Every available instance is at max_requests.
+			if a.overload.queue == nil {
+				return a.reject(w, errAtLimit)
+			}
+			waited := backend.Now()
+			err := a.overload.queue.wait(r.Context(), func() bool {
+				m = a.members.Load()
+				in, trial, pinned, full = a.pick(r, m, tried[:n])
+				return in != nil || !full // taken, or none left to wait for
+			})
+			a.overload.waits.Observe(time.Duration(backend.Now() - waited))
+			switch {
+			case err == nil:
+			case r.Context().Err() != nil:
+				return caddyhttp.Error(StatusClientClosedRequest, err)
+			default:
+				return a.reject(w, err)
+			}
+		}
 		if in == nil && failed != nil {
 			return failed // no other instance to retry on
 		}
@@ -51,14 +77,18 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 			return caddyhttp.Error(http.StatusServiceUnavailable, a.unavailable())
 		}
 		t := m.targets[in]
-		if t == nil && gone < 3 {
+		if t == nil {
 			// A discovered instance that left the app as it was picked:
 			// the pool no longer has it, pick again.
-			gone++
-			n--
-			continue
-		}
-		if t == nil {
+			a.done(in)
+			if trial {
+				in.AbandonTrial()
+			}
+			if gone < 3 {
+				gone++
+				n--
+				continue
+			}
 			return caddyhttp.Error(http.StatusServiceUnavailable, a.unavailable())
 		}
 		if n > 0 {
@@ -86,7 +116,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if body != nil {
 			r.Body = body.attempt()
 		}
-		status, err := a.proxy(t, in, trial, cookie, w, r)
+		status, err := a.proxy(t, in, trial, cookie, retryState{attempt: n, start: start, body: body}, w, r)
 		if err == nil {
 			return nil
 		}
@@ -106,41 +136,56 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // pick returns the instance for r's next attempt, none of tried if
-// possible, and whether it is an ejected instance's trial request and
-// whether r's sticky cookie named it. nil means no instance is available.
-func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *backend.Instance, trial, pinned bool) {
+// possible, acquired (the caller must release it, with done), and whether
+// it is an ejected instance's trial request and whether r's sticky cookie
+// named it. nil means no instance is available, or (full) that every one
+// that is is at max_requests.
+func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *backend.Instance, trial, pinned, full bool) {
+	take := func(c *backend.Instance) (ok, trial bool) {
+		if ok, trial = a.pool.Admit(c); !ok {
+			return false, false
+		}
+		if !c.TryAcquire(a.limits.limit) {
+			if trial {
+				c.AbandonTrial()
+			}
+			full = true
+			return false, false
+		}
+		return true, trial
+	}
 	if a.sticky != nil && len(tried) == 0 {
 		if in = a.sticky.pinned(r, m); in != nil {
-			if ok, trial := a.pool.Admit(in); ok {
-				return in, trial, true
+			if ok, trial := take(in); ok {
+				return in, trial, true, false
 			}
 		}
 	}
 	// A strategy picks again and again while it lands on instances tried
-	// already, or an ejected instance whose trial another request took:
-	// most move on by themselves (round robin, random); those that would
-	// not (hash, first) are helped by a scan.
+	// already, instances at their limit, or an ejected instance whose trial
+	// another request took: most move on by themselves (round robin,
+	// random); those that would not (hash, first) are helped by a scan.
 	for range 3 {
 		if in = a.strategy.Select(a.pool, r); in == nil {
-			return nil, false, false
+			return nil, false, false, full
 		}
 		if contains(tried, in) {
 			continue
 		}
-		if ok, trial := a.pool.Admit(in); ok {
-			return in, trial, false
+		if ok, trial := take(in); ok {
+			return in, trial, false, false
 		}
 	}
 	for _, c := range a.pool.Available() {
 		if contains(tried, c) {
 			continue
 		}
-		if ok, trial := a.pool.Admit(c); ok {
-			return c, trial, false
+		if ok, trial := take(c); ok {
+			return c, trial, false, false
 		}
 	}
 	if len(tried) == 0 {
-		return nil, false, false
+		return nil, false, false, full
 	}
 	// Every available instance was tried: a retry may go to one again,
 	// but never to the one that just failed.
@@ -148,11 +193,11 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		if c == tried[len(tried)-1] {
 			continue
 		}
-		if ok, trial := a.pool.Admit(c); ok {
-			return c, trial, false
+		if ok, trial := take(c); ok {
+			return c, trial, false, false
 		}
 	}
-	return nil, false, false
+	return nil, false, false, full
 }
 
 func contains(list []*backend.Instance, in *backend.Instance) bool {

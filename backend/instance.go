@@ -93,6 +93,40 @@ func (in *Instance) SetHealthy(healthy bool) (changed bool) {
 	return in.setActiveLocked(healthy, reason, Now())
 }
 
+// TryAcquire is Acquire if the instance has fewer requests in flight than
+// its limit, and reports whether it acquired: limit (0: none), scaled down
+// with the weight while the instance ramps up in slow start, to at least
+// 1. Two racing callers cannot both take the last slot.
+func (in *Instance) TryAcquire(limit int) bool {
+	if limit <= 0 {
+		in.Acquire()
+		return true
+	}
+	max := in.Limit(limit)
+	for {
+		n := in.inFlight.Load()
+		if n >= max {
+			return false
+		}
+		if in.inFlight.CompareAndSwap(n, n+1) {
+			in.requests.Add(1)
+			return true
+		}
+	}
+}
+
+// Limit returns limit (a number of requests in flight) as it applies to
+// the instance now: scaled down like its weight while it ramps up in slow
+// start, to at least 1.
+func (in *Instance) Limit(limit int) int64 {
+	w := in.weight.Load()
+	sel := in.selWeight.Load()
+	if w <= 0 || sel >= w*rampSteps {
+		return int64(limit)
+	}
+	return max(1, (int64(limit)*sel+w*rampSteps-1)/(w*rampSteps))
+}
+
 // InFlight returns the number of requests the instance is serving now.
 func (in *Instance) InFlight() int64 { return in.inFlight.Load() }
 

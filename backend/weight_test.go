@@ -3,7 +3,10 @@ package backend_test
 import (
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/golb/caddy-lb/backend"
 )
@@ -75,5 +78,57 @@ func TestPoolAvailableLeavesOutWeightZero(t *testing.T) {
 				t.Errorf("All() = %v, want every instance %v", names(got), names(ins))
 			}
 		})
+	}
+}
+
+// TestTryAcquire: a limit is never exceeded, even by racing callers; 0 is
+// no limit; slow start scales it with the weight, to at least 1.
+func TestTryAcquire(t *testing.T) {
+	u := mustParse(t, "http://127.0.0.1:1")
+	in := backend.NewWeighted(u, 1)
+	for range 3 {
+		if !in.TryAcquire(3) {
+			t.Fatal("refused below the limit")
+		}
+	}
+	if in.TryAcquire(3) {
+		t.Fatal("a 4th request under a limit of 3")
+	}
+	if !in.TryAcquire(0) || in.InFlight() != 4 {
+		t.Fatalf("limit 0 refused, or in flight %d", in.InFlight())
+	}
+	for range 4 {
+		in.Release()
+	}
+
+	// Racing callers.
+	const limit, callers = 5, 64
+	var wg sync.WaitGroup
+	var over atomic.Bool
+	for range callers {
+		wg.Go(func() {
+			for range 200 {
+				if in.TryAcquire(limit) {
+					if in.InFlight() > limit {
+						over.Store(true)
+					}
+					in.Release()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if over.Load() || in.InFlight() != 0 {
+		t.Errorf("over the limit %v, in flight at the end %d", over.Load(), in.InFlight())
+	}
+
+	// Slow start: the first step of ten is a tenth of the weight.
+	p := &backend.Policy{SlowStart: time.Hour}
+	ramp := backend.New(u, 4, p, backend.Now())
+	ramp.StartSlowStart(backend.Now())
+	for _, tt := range []struct{ limit, want int }{{100, 10}, {40, 4}, {5, 1}, {1, 1}} {
+		if got := ramp.Limit(tt.limit); got != int64(tt.want) {
+			t.Errorf("at the first step of slow start, Limit(%d) = %d, want %d", tt.limit, got, tt.want)
+		}
 	}
 }

@@ -2,7 +2,8 @@
 # The load benchmark of caddy-lb, in one command:
 #
 #   bench/run.sh [--rounds 3] [--duration 10s] [--unpinned] [--gomaxprocs N]
-#                [--workloads tiny,64k,sleep5ms] [--memory-duration 60s] [--health10k] [--out DIR]
+#                [--workloads tiny,64k,sleep5ms] [--memory-duration 60s] [--health10k]
+#                [--grpc] [--overload] [--out DIR]
 #
 # It builds ./cmd/caddy (reverse_proxy and load_balancer in one binary), the
 # backend (bench/backend) and the driver (bench/cmd/lbbench), installs wrk

@@ -47,7 +47,13 @@ type App struct {
 	Panic bool `json:"panic,omitempty"`
 	// Dynamic describes the app's source of dynamic instances; absent
 	// without one.
-	Dynamic   *Dynamic   `json:"dynamic,omitempty"`
+	Dynamic *Dynamic `json:"dynamic,omitempty"`
+	// Queued is the number of requests waiting now for an instance under
+	// its max_requests; Rejected the number turned away with 503 because
+	// every instance was at its max_requests (the queue full, or the wait
+	// over), in all. Both absent without max_requests.
+	Queued    *int       `json:"queued,omitempty"`
+	Rejected  *uint64    `json:"rejected,omitempty"`
 	Instances []Instance `json:"instances"`
 }
 
@@ -83,11 +89,15 @@ type Instance struct {
 	// Healthy: it passes its active health checks and is not ejected.
 	Healthy bool `json:"healthy"`
 	// ActiveConnections is the number of requests in flight to it.
-	ActiveConnections int64      `json:"active_connections"`
-	TotalRequests     uint64     `json:"total_requests"`
-	Failures          uint64     `json:"failures"`
-	LastChecked       *time.Time `json:"last_checked"`
-	LastError         string     `json:"last_error"`
+	ActiveConnections int64 `json:"active_connections"`
+	// MaxRequests is the most requests it may serve at once now: the
+	// app's max_requests, lower while it ramps up in slow start. Absent
+	// without max_requests.
+	MaxRequests   int64      `json:"max_requests,omitempty"`
+	TotalRequests uint64     `json:"total_requests"`
+	Failures      uint64     `json:"failures"`
+	LastChecked   *time.Time `json:"last_checked"`
+	LastError     string     `json:"last_error"`
 
 	// ConsecutivePasses and ConsecutiveFails are the current streak of
 	// passing or failing health checks; ConsecutiveFailures that of real

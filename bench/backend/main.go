@@ -5,10 +5,12 @@
 //	backend -port 9001 -body 16 -sleep 5ms
 //	backend -addr 127.1.0.1 -addrs 5000 -port 9100   # one listener on each of 5000 addresses
 //	backend -port 9001 -grpc                         # gRPC over h2c (see grpc.go)
+//	backend -port 9001 -sleep 5ms -cap 8             # at most 8 requests at once; 503 for more
 //
 // Any path ending in /health gets 200 "ok" at once (no sleep), so instances
 // with a base path (http://127.0.0.1:9001/i3) pass their checks too.
-// GET /_stats returns the requests served so far as JSON. It listens on
+// With -cap, a request beyond the cap is answered 503 at once and counted
+// as refused. GET /_stats returns the requests served so far as JSON. It listens on
 // loopback addresses only and refuses any other.
 package main
 
@@ -37,6 +39,7 @@ func main() {
 	addrs := flag.Int("addrs", 1, "listen on this many consecutive loopback addresses from -addr, one listener each, same port")
 	body := flag.Int("body", 16, "response body size in bytes")
 	sleep := flag.Duration("sleep", 0, "sleep this long before answering (not for /health)")
+	capacity := flag.Int("cap", 0, "serve at most this many requests at once, answering 503 to more (0: no cap)")
 	grpcMode := flag.Bool("grpc", false, "serve gRPC over h2c instead: grpc-go's interop TestService and the health service")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
@@ -52,7 +55,11 @@ func main() {
 		return
 	}
 
-	var requests, checks atomic.Int64
+	var requests, checks, refused atomic.Int64
+	var slots chan struct{}
+	if *capacity > 0 {
+		slots = make(chan struct{}, *capacity)
+	}
 	payload := bytes.Repeat([]byte("x"), *body)
 	length := strconv.Itoa(len(payload))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -64,9 +71,19 @@ func main() {
 		case r.URL.Path == "/_stats":
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(map[string]int64{
-				"requests": requests.Load(), "health_checks": checks.Load(),
+				"requests": requests.Load(), "health_checks": checks.Load(), "refused": refused.Load(),
 			})
 		default:
+			if slots != nil {
+				select {
+				case slots <- struct{}{}:
+					defer func() { <-slots }()
+				default:
+					refused.Add(1)
+					http.Error(w, "over capacity", http.StatusServiceUnavailable)
+					return
+				}
+			}
 			requests.Add(1)
 			if *sleep > 0 {
 				time.Sleep(*sleep)
@@ -99,8 +116,8 @@ func main() {
 			}
 		}()
 	}
-	fmt.Fprintf(os.Stderr, "backend: listening on %d address(es) from %v, port %d, body %d B, sleep %v\n",
-		len(listeners), first, *port, *body, *sleep)
+	fmt.Fprintf(os.Stderr, "backend: listening on %d address(es) from %v, port %d, body %d B, sleep %v, cap %d\n",
+		len(listeners), first, *port, *body, *sleep, *capacity)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

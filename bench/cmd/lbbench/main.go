@@ -65,6 +65,7 @@ type options struct {
 	healthDuration   time.Duration
 	dynamic10k       bool
 	grpc             bool
+	overload         bool
 	dynamicInstances int
 	dynamicChurn     int
 	out              string
@@ -136,6 +137,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.healthDuration, "health-duration", 30*time.Second, "measured time of each -health10k config")
 	fs.BoolVar(&o.dynamic10k, "dynamic10k", false, "also measure an app of many instances discovered through etcd, churning, against the same listed in the config")
 	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy (h2c) and direct")
+	fs.BoolVar(&o.overload, "overload", false, "also measure a saturated backend (cap 8, 5 ms) under 256 connections: reverse_proxy with max requests, load_balancer without limits and with max_requests and a queue")
 	fs.IntVar(&o.dynamicInstances, "dynamic-instances", 10000, "instances for -dynamic10k")
 	fs.IntVar(&o.dynamicChurn, "dynamic-churn", 100, "instances replaced every second for -dynamic10k")
 	fs.StringVar(&o.out, "out", "", "directory for the results (default: a new directory under $TMPDIR)")
@@ -313,6 +315,11 @@ func (b *bench) run() error {
 	}
 	if b.opt.grpc {
 		if err := b.grpcBench(); err != nil {
+			return err
+		}
+	}
+	if b.opt.overload {
+		if err := b.overloadBench(); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,202 @@
+package caddylb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/golb/caddy-lb/backend"
+)
+
+// Defaults and bounds of overload protection.
+const (
+	DefaultQueueTimeout = time.Second
+	// MaxRequestLimit bounds max_requests and max_queue.
+	MaxRequestLimit = 1000000
+)
+
+// Overload holds the options of overload protection (HAProxy's maxconn
+// per server and its queue, Envoy's circuit breakers' max_requests and
+// max_pending_requests): a limit on each instance's requests in flight,
+// and a queue in front of the limits.
+type Overload struct {
+	// The most requests an instance serves at once; one at its limit is
+	// not picked by any strategy. Real requests only (not health checks);
+	// slow start scales it down with the weight. 0 to 1000000; 0 (the
+	// default): no limit.
+	MaxRequests *int `json:"max_requests,omitempty"`
+
+	// How many requests may wait, first in first out, when every available
+	// instance is at max_requests; a freed slot goes to the oldest. A
+	// request that finds the queue full, or waits queue_timeout, gets 503
+	// with Retry-After: 1. Only with max_requests. 0 to 1000000; 0 (the
+	// default): no queue, such requests get that 503 at once.
+	MaxQueue *int `json:"max_queue,omitempty"`
+
+	// The longest a request waits in the queue. Only with max_queue.
+	// Default: 1s.
+	QueueTimeout *Duration `json:"queue_timeout,omitempty"`
+}
+
+// overloadSettings are an Overload, checked, with defaults.
+type overloadSettings struct {
+	limit        int // per instance; 0: none
+	queue        int // waiting requests; 0: none
+	queueTimeout time.Duration
+}
+
+func (o *Overload) compile() (s overloadSettings, err error) {
+	if s.limit, err = count(o.MaxRequests, 0, 0, MaxRequestLimit); err != nil {
+		return s, optionError("max_requests", err)
+	}
+	if s.queue, err = count(o.MaxQueue, 0, 0, MaxRequestLimit); err != nil {
+		return s, optionError("max_queue", err)
+	}
+	if s.queueTimeout, err = positive(o.QueueTimeout, DefaultQueueTimeout); err != nil {
+		return s, optionError("queue_timeout", err)
+	}
+	if s.queue > 0 && s.limit == 0 {
+		return s, optionError("max_queue", fmt.Errorf("%w: requests queue for instances at max_requests, which is not set", ErrInapplicableOption))
+	}
+	if o.QueueTimeout != nil && s.queue == 0 {
+		return s, optionError("queue_timeout", fmt.Errorf("%w: it bounds the wait in the queue, which needs max_queue", ErrInapplicableOption))
+	}
+	return s, nil
+}
+
+// Why a request was turned away for overload.
+var (
+	errQueueFull    = errors.New("every instance is at max_requests and the queue is full")
+	errQueueTimeout = errors.New("every instance is at max_requests and the request waited queue_timeout")
+	errAtLimit      = errors.New("every instance is at max_requests")
+)
+
+// requestQueue holds the requests of an app waiting for an instance under
+// its limit, first in first out. A waiter tries to take an instance only
+// when it is at the head; a freed slot wakes the head, and a head that took
+// one (or left) wakes the next, so that every freed slot reaches a waiter.
+// Newcomers queue behind waiters rather than take a freed slot (no
+// barging).
+type requestQueue struct {
+	max     int
+	timeout time.Duration
+
+	mu      sync.Mutex
+	waiters []*waiter
+	length  atomic.Int64 // len(waiters), read without the lock
+}
+
+type waiter struct {
+	wake chan struct{} // buffered: a wake-up is never lost
+}
+
+// waiting reports whether requests are queued.
+func (q *requestQueue) waiting() bool { return q.length.Load() > 0 }
+
+// wait queues the caller until try (which takes an instance, and reports
+// whether it did) succeeds as the head of the queue, the timeout passes,
+// the queue is full, or ctx ends.
+func (q *requestQueue) wait(ctx context.Context, try func() bool) error {
+	w := &waiter{wake: make(chan struct{}, 1)}
+	q.mu.Lock()
+	if len(q.waiters) >= q.max {
+		q.mu.Unlock()
+		return errQueueFull
+	}
+	q.waiters = append(q.waiters, w)
+	q.length.Store(int64(len(q.waiters)))
+	head := len(q.waiters) == 1
+	q.mu.Unlock()
+	timer := time.NewTimer(q.timeout)
+	defer timer.Stop()
+	for {
+		if head && try() {
+			q.leave(w)
+			return nil
+		}
+		select {
+		case <-w.wake:
+			head = true // only the head is woken
+		case <-timer.C:
+			q.leave(w)
+			return errQueueTimeout
+		case <-ctx.Done():
+			q.leave(w)
+			return ctx.Err()
+		}
+	}
+}
+
+// leave takes w out of the queue, and wakes the new head if w was the
+// head: a slot w took or left may not be the last one free.
+func (q *requestQueue) leave(w *waiter) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	i := slices.Index(q.waiters, w)
+	if i < 0 {
+		return
+	}
+	q.waiters = slices.Delete(q.waiters, i, i+1)
+	q.length.Store(int64(len(q.waiters)))
+	if i == 0 && len(q.waiters) > 0 {
+		q.waiters[0].signal()
+	}
+}
+
+// freed wakes the head of the queue, if any: a slot was freed.
+func (q *requestQueue) freed() {
+	if !q.waiting() {
+		return
+	}
+	q.mu.Lock()
+	if len(q.waiters) > 0 {
+		q.waiters[0].signal()
+	}
+	q.mu.Unlock()
+}
+
+func (w *waiter) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// overload is what an app keeps of its overload protection at run time.
+type overload struct {
+	queue    *requestQueue // nil without max_queue
+	rejected atomic.Uint64 // requests turned away, in all
+	lastLog  atomic.Int64  // backend.Now of the last "rejected" log line
+	logged   atomic.Uint64 // rejected when it was written
+	waits    backend.Histogram
+}
+
+// reject turns a request away for overload: 503 with Retry-After: 1, an
+// error naming the app and why, counted; logged at most once a second.
+func (a *App) reject(w http.ResponseWriter, why error) error {
+	n := a.overload.rejected.Add(1)
+	now := backend.Now()
+	if last := a.overload.lastLog.Load(); (last == 0 || now-last >= int64(time.Second)) && a.overload.lastLog.CompareAndSwap(last, now) {
+		since := n - a.overload.logged.Swap(n)
+		a.logger.Warn("requests rejected: overloaded", zap.String("app", a.name), zap.String("reason", why.Error()),
+			zap.Uint64("rejected", since), zap.Uint64("rejected_total", n))
+	}
+	w.Header().Set("Retry-After", "1")
+	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("app %q: %w", a.name, why))
+}
+
+// queued returns the requests waiting now.
+func (a *App) queued() int {
+	if a.overload.queue == nil {
+		return 0
+	}
+	return int(a.overload.queue.length.Load())
+}
