@@ -57,6 +57,13 @@ type App struct {
 	// check. Default: 10s.
 	Timeout *Duration `json:"timeout,omitempty"`
 
+	// How often a response body is flushed to the client while it is
+	// copied, as reverse_proxy's flush_interval: a negative value (-1)
+	// flushes after every read. Default: 0, meaning that responses that
+	// stream (text/event-stream, gRPC, no Content-Length) are flushed
+	// after every read and others as the server's buffer fills.
+	FlushInterval *Duration `json:"flush_interval,omitempty"`
+
 	// The time between health checks of each instance. Default: 30s.
 	HealthCheckCooldown *Duration `json:"health_check_cooldown,omitempty"`
 
@@ -107,6 +114,7 @@ type settings struct {
 	strategy     strategy.Strategy
 	observer     strategy.Observer // the strategy, if it learns from latencies
 	timeout      time.Duration     // also the latency a failed request counts as, for the observer
+	flush        time.Duration     // flush_interval; 0: only responses that stream, after every read
 	health       *health.Spec      // nil without health_uri
 	healthURI    *url.URL          // nil without health_uri
 	passive      backend.Policy    // what passive checks and slow start do
@@ -258,6 +266,7 @@ func (s *settings) compile(app *App) error {
 	if err := app.Stickiness.check(); err != nil {
 		return err
 	}
+	s.flush = durationOr(app.FlushInterval, 0)
 	if s.timeout, err = positive(app.Timeout, DefaultTimeout); err != nil {
 		return optionError("timeout", err)
 	}

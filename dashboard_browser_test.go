@@ -303,6 +303,7 @@ func TestDashboardInBrowser(t *testing.T) {
 			strategy least_connections
 			health_uri /health
 			health_check_cooldown 100ms
+			max_requests 4
 			instances %s
 		}
 	}
@@ -338,8 +339,11 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 		return healthy == 3
 	})
-	if want := []string{"api.example.comround_robin", "payments.example.comleast_connections"}; strings.Join(v.Apps, "|") != strings.Join(want, "|") {
-		t.Errorf("apps shown: %q, want %q", v.Apps, want)
+	if want := []string{"api.example.comround_robin", "payments.example.comleast_connections· queued 0 · rejected 0"}; strings.Join(v.Apps, "|") != strings.Join(want, "|") {
+		t.Errorf("apps shown: %q, want %q (the queue of the app with max_requests)", v.Apps, want)
+	}
+	if r3, _ := v.row(three.URL); len(r3.Cells) < 3 || r3.Cells[2] != "0 / 4" {
+		t.Errorf("row of %s (max_requests 4): %q, want in flight \"0 / 4\"", three.URL, r3.Cells)
 	}
 	r1, _ := v.row(one.URL)
 	if r1.Class != "ok" || r1.Badge != dashGreenBadge {

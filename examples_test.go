@@ -1,12 +1,18 @@
 package caddylb_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // TestExamples checks that examples/caddy.json is examples/Caddyfile in
@@ -74,5 +80,46 @@ func TestExamples(t *testing.T) {
 	}
 	if status, _ := s.get("localhost", "/"); status != 404 {
 		t.Fatalf("unknown host: %d, want 404", status)
+	}
+}
+
+// TestDocsCaddyfilesAdapt: every Caddyfile in the README and docs/ (but
+// those with elisions, "...") adapts, so that no option name or syntax
+// there goes stale.
+func TestDocsCaddyfilesAdapt(t *testing.T) {
+	t.Setenv("LB_STICKY_SECRET", "docs-test")
+	t.Setenv("ETCD_PASSWORD", "docs-test")
+	files, err := filepath.Glob("docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := regexp.MustCompile("(?s)```caddyfile\n(.*?)```")
+	n := 0
+	for _, f := range append([]string{"README.md"}, files...) {
+		text, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range block.FindAllSubmatch(text, -1) {
+			if bytes.Contains(m[1], []byte("...")) {
+				continue
+			}
+			src := m[1]
+			if bytes.HasPrefix(src, []byte("app ")) {
+				// An app block on its own.
+				src = slices.Concat([]byte(":8080 {\n\tload_balancer {\n"), src, []byte("\t}\n}\n"))
+			}
+			n++
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(src, nil)
+			if err != nil && strings.Contains(err.Error(), "module not registered: events.handlers.") {
+				continue // a third-party event handler, not in this build
+			}
+			if err != nil {
+				t.Errorf("%s, Caddyfile %d: %v\n%s", f, i+1, err, src)
+			}
+		}
+	}
+	if n < 8 {
+		t.Errorf("only %d Caddyfiles found in the README and docs/", n)
 	}
 }

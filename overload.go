@@ -146,8 +146,8 @@ func (q *requestQueue) leave(w *waiter) {
 	}
 	q.waiters = slices.Delete(q.waiters, i, i+1)
 	q.length.Store(int64(len(q.waiters)))
-	if i == 0 && len(q.waiters) > 0 {
-		q.waiters[0].signal()
+	if i == 0 {
+		q.wakeHeadLocked()
 	}
 }
 
@@ -157,10 +157,15 @@ func (q *requestQueue) freed() {
 		return
 	}
 	q.mu.Lock()
+	q.wakeHeadLocked()
+	q.mu.Unlock()
+}
+
+// wakeHeadLocked wakes the head of the queue, if any; q.mu is held.
+func (q *requestQueue) wakeHeadLocked() {
 	if len(q.waiters) > 0 {
 		q.waiters[0].signal()
 	}
-	q.mu.Unlock()
 }
 
 func (w *waiter) signal() {

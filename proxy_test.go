@@ -270,6 +270,48 @@ http://:{port} {
 	})
 }
 
+// TestFlushInterval: with flush_interval, a response of known length that
+// trickles in reaches the client as it comes: periodically (a positive
+// interval) or after every read (-1), where the server would otherwise
+// hold it in its buffer until the end.
+func TestFlushInterval(t *testing.T) {
+	for _, interval := range []string{"20ms", "-1"} {
+		t.Run(interval, func(t *testing.T) {
+			b := newBackend(t, "b")
+			s := newSite(t)
+			s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer %s {
+		flush_interval %s
+	}
+}`, b.URL, interval))
+			release := newGate()
+			defer release.open()
+			b.handle(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "14")
+				_, _ = io.WriteString(w, "part1\n")
+				w.(http.Flusher).Flush()
+				_ = release.wait(r.Context())
+				_, _ = io.WriteString(w, "part2-2\n")
+			})
+			resp := do(t, s, http.MethodGet, "/", nil)
+			br := bufio.NewReader(resp.Body)
+			// The rest is held back until the first part has arrived, so
+			// reading it proves it was flushed.
+			if line, err := br.ReadString('\n'); err != nil || line != "part1\n" {
+				t.Fatalf("first part: %q %v", line, err)
+			}
+			release.open()
+			if rest, err := io.ReadAll(br); err != nil || string(rest) != "part2-2\n" {
+				t.Fatalf("rest: %q %v", rest, err)
+			}
+			if resp.ContentLength != 14 {
+				t.Errorf("Content-Length %d, want the backend's 14", resp.ContentLength)
+			}
+		})
+	}
+}
+
 // do sends a request for path with Host x.test and returns the response;
 // its body is closed when the test ends.
 func do(t *testing.T, s *site, method, path string, body io.Reader) *http.Response {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -56,13 +57,20 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	// A gRPC trailers-only response (its status in the headers) has no
 	// body: not flushing lets the server send its headers with the end of
 	// the stream, as the client expects.
-	stream := (res.ContentLength == -1 || streaming(res.Header["Content-Type"])) && res.Header["Grpc-Status"] == nil
+	stream := (res.ContentLength == -1 || streaming(res.Header["Content-Type"]) || at.app.flush < 0) && res.Header["Grpc-Status"] == nil
 	if announced > 0 || stream {
 		// Trailers need a chunked response: flushing now keeps the server
 		// from buffering a short body and giving it a length.
 		_ = rc.Flush()
 	}
-	err := at.copyBody(res.Body, rc, stream)
+	var err error
+	if every := at.app.flush; every > 0 && !stream {
+		f := &intervalFlusher{w: at.w, rc: rc, every: every}
+		err = at.copyBody(res.Body, f, rc, false)
+		f.stop()
+	} else {
+		err = at.copyBody(res.Body, at.w, rc, stream)
+	}
 	if isGRPC(res.Header) {
 		at.grpcOutcome(res, r, err)
 	}
@@ -121,18 +129,19 @@ func (at *attempt) final(code int) {
 	}
 }
 
-// copyBody copies a response body to the client, flushing after each
-// read if stream. It returns the error that ended it: the instance's (and
-// then sets at.cutShort, unless the client went away meanwhile) or the
+// copyBody copies a response body to the client through w (the
+// ResponseWriter, or an intervalFlusher of it), flushing after each read
+// if stream. It returns the error that ended it: the instance's (and then
+// sets at.cutShort, unless the client went away meanwhile) or the
 // client's.
-func (at *attempt) copyBody(body io.Reader, rc *http.ResponseController, stream bool) error {
+func (at *attempt) copyBody(body io.Reader, w io.Writer, rc *http.ResponseController, stream bool) error {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
-			if _, err := at.w.Write(buf[:n]); err != nil {
+			if _, err := w.Write(buf[:n]); err != nil {
 				return err
 			}
 			if stream {
@@ -150,6 +159,56 @@ func (at *attempt) copyBody(body io.Reader, rc *http.ResponseController, stream 
 			}
 			return rerr
 		}
+	}
+}
+
+// intervalFlusher writes a response body to the client and flushes it
+// every interval while something written is not flushed yet (a body that
+// trickles in reaches the client at that pace, one that streams fast is
+// not flushed after every read). Writes and flushes never overlap.
+type intervalFlusher struct {
+	w     io.Writer
+	rc    *http.ResponseController
+	every time.Duration
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	pending bool // written, not flushed, a flush is scheduled
+	stopped bool
+}
+
+func (f *intervalFlusher) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.w.Write(p)
+	if n > 0 && !f.pending && !f.stopped {
+		f.pending = true
+		if f.timer == nil {
+			f.timer = time.AfterFunc(f.every, f.flush)
+		} else {
+			f.timer.Reset(f.every)
+		}
+	}
+	return n, err
+}
+
+func (f *intervalFlusher) flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pending && !f.stopped {
+		f.pending = false
+		_ = f.rc.Flush()
+	}
+}
+
+// stop ends the flushing: after it returns no flush runs, and the handler
+// may go on with the response.
+func (f *intervalFlusher) stop() {
+	f.mu.Lock()
+	f.stopped = true
+	f.mu.Unlock()
+	if f.timer != nil {
+		f.timer.Stop()
 	}
 }
 

@@ -95,9 +95,6 @@ func (p *RetryPolicy) compile() (r retrySettings, err error) {
 // not, nor one whose body the client broke; nor may one whose response has
 // begun (proxy never returns an error for those: it aborts the response).
 func retryable(r *http.Request, status int, err error, body *retryBody) bool {
-	if _, ok := errors.AsType[*retryStatusError](err); ok {
-		return body.rewind(true) // retryOnStatus checked the rest
-	}
 	if status < 500 || r.Context().Err() != nil {
 		return false // the client's doing: 499, or a broken body (400, 413...)
 	}
@@ -138,6 +135,24 @@ type retryState struct {
 	body    *retryBody
 }
 
+// mayRetry reports whether r's attempt rs, which failed with status and
+// err, is to be retried: if it is retryable, and retries, try_duration and
+// the retry budget allow one more attempt (which the budget then counts).
+// An answer discarded for retry_status was decided on already.
+func (a *App) mayRetry(r *http.Request, rs retryState, status int, err error) bool {
+	if _, ok := err.(*retryStatusError); ok {
+		return rs.body.rewind(true)
+	}
+	now := backend.Now()
+	return a.retryWithin(&rs, now) && retryable(r, status, err, rs.body) && a.budget.allowRetry(now)
+}
+
+// retryWithin reports whether retries and try_duration allow an attempt
+// after rs at now.
+func (a *App) retryWithin(rs *retryState, now int64) bool {
+	return rs.attempt < a.retry.retries && (a.retry.try <= 0 || time.Duration(now-rs.start) < a.retry.try)
+}
+
 // retryStatusError is the outcome of an attempt whose response had a
 // status of retry_status and was discarded for a retry.
 type retryStatusError struct{ status int }
@@ -147,20 +162,23 @@ func (e *retryStatusError) Error() string { return "status " + strconv.Itoa(e.st
 // retryOnStatus reports whether the response of status that in sent to
 // r's attempt rs is to be discarded for a retry on another instance: the
 // status is one of retry_status, r is idempotent, its body can be sent
-// again, and retries, try_duration, the retry budget and another
-// available instance allow a retry. It takes nothing: serve takes the
-// retry.
+// again, and retries, try_duration, another available instance and the
+// retry budget allow a retry. The retry is then counted in the budget
+// (serve does not count it again): deciding and counting at once keeps
+// the response from being discarded for a retry the budget then refuses.
 func (a *App) retryOnStatus(r *http.Request, in *backend.Instance, status int, rs *retryState) bool {
-	if !a.retry.status.Has(status) || rs.attempt >= a.retry.retries || !idempotent(r) || !rs.body.replayable() {
+	if !a.retry.status.Has(status) || !idempotent(r) || !rs.body.replayable() {
 		return false
 	}
 	now := backend.Now()
-	if a.retry.try > 0 && time.Duration(now-rs.start) >= a.retry.try {
+	if !a.retryWithin(rs, now) || !a.otherAvailable(in) {
 		return false
 	}
-	if !a.budget.wouldAllow(now) {
-		return false
-	}
+	return a.budget.allowRetry(now)
+}
+
+// otherAvailable reports whether an instance other than in is available.
+func (a *App) otherAvailable(in *backend.Instance) bool {
 	for _, c := range a.pool.Available() {
 		if c != in {
 			return true
@@ -326,9 +344,9 @@ type budgetSlot struct {
 // request counts a request at now (backend.Now's base).
 func (b *retryBudget) request(now int64) { b.slot(now).requests.Add(1) }
 
-// wouldAllow reports whether a retry at now would fit the budget, counting
-// nothing.
-func (b *retryBudget) wouldAllow(now int64) bool {
+// allowRetry reports whether a retry at now fits the budget, and counts
+// it if so.
+func (b *retryBudget) allowRetry(now int64) bool {
 	sec := now/int64(time.Second) + 1
 	var requests, retries int64
 	for i := range b.slots {
@@ -338,13 +356,7 @@ func (b *retryBudget) wouldAllow(now int64) bool {
 			retries += s.retries.Load()
 		}
 	}
-	return retries < max(budgetFloor, requests*int64(b.percent)/100)
-}
-
-// allowRetry reports whether a retry at now fits the budget, and counts
-// it if so.
-func (b *retryBudget) allowRetry(now int64) bool {
-	if !b.wouldAllow(now) {
+	if retries >= max(budgetFloor, requests*int64(b.percent)/100) {
 		return false
 	}
 	b.slot(now).retries.Add(1)

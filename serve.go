@@ -42,33 +42,9 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	var failed error // the last attempt's
 	gone := 0        // picks of instances that had just left the app
 	for n := 0; ; n++ {
-		m := a.members.Load()
-		var in *backend.Instance
-		var trial, pinned, full bool
-		if q := a.overload.queue; q == nil || !q.waiting() {
-			in, trial, pinned, full = a.pick(r, m, tried[:n])
-		} else {
-			full = true // others wait for a slot: no barging
-		}
-		if in == nil && full {
-			// Every available instance is at max_requests.
-			if a.overload.queue == nil {
-				return a.reject(w, errAtLimit)
-			}
-			waited := backend.Now()
-			err := a.overload.queue.wait(r.Context(), func() bool {
-				m = a.members.Load()
-				in, trial, pinned, full = a.pick(r, m, tried[:n])
-				return in != nil || !full // taken, or none left to wait for
-			})
-			a.overload.waits.Observe(time.Duration(backend.Now() - waited))
-			switch {
-			case err == nil:
-			case r.Context().Err() != nil:
-				return caddyhttp.Error(StatusClientClosedRequest, err)
-			default:
-				return a.reject(w, err)
-			}
+		m, in, trial, pinned, err := a.next(w, r, tried[:n])
+		if err != nil {
+			return err // overload
 		}
 		if in == nil && failed != nil {
 			return failed // no other instance to retry on
@@ -116,22 +92,49 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if body != nil {
 			r.Body = body.attempt()
 		}
-		status, err := a.proxy(t, in, trial, cookie, retryState{attempt: n, start: start, body: body}, w, r)
+		status, err := a.proxy(t, in, trial, cookie, retryState{n, start, body}, w, r)
 		if err == nil {
 			return nil
 		}
 		failed = caddyhttp.Error(status, fmt.Errorf("instance %s: %w", in, err))
-		if n >= a.retry.retries || !retryable(r, status, err, body) {
-			return failed
-		}
-		now := backend.Now()
-		if a.retry.try > 0 && time.Duration(now-start) >= a.retry.try {
-			return failed
-		}
-		if !a.budget.allowRetry(now) {
+		if !a.mayRetry(r, retryState{attempt: n, start: start, body: body}, status, err) {
 			return failed
 		}
 		tried[n] = in
+	}
+}
+
+// next is pick for r's next attempt, under the app's overload protection:
+// when every available instance is at max_requests (or others wait for a
+// slot already: no barging), it waits in the queue for one, and returns
+// the error for the client when it may not (no queue, the queue full, the
+// wait over, or the client gone). It returns the members it picked from.
+func (a *App) next(w http.ResponseWriter, r *http.Request, tried []*backend.Instance) (m *members, in *backend.Instance, trial, pinned bool, err error) {
+	m = a.members.Load()
+	q := a.overload.queue
+	full := true
+	if q == nil || !q.waiting() {
+		if in, trial, pinned, full = a.pick(r, m, tried); in != nil || !full {
+			return m, in, trial, pinned, nil
+		}
+	}
+	if q == nil {
+		return m, nil, false, false, a.reject(w, errAtLimit)
+	}
+	waited := backend.Now()
+	err = q.wait(r.Context(), func() bool {
+		m = a.members.Load()
+		in, trial, pinned, full = a.pick(r, m, tried)
+		return in != nil || !full // taken, or none left to wait for
+	})
+	a.overload.waits.Observe(time.Duration(backend.Now() - waited))
+	switch {
+	case err == nil:
+		return m, in, trial, pinned, nil
+	case r.Context().Err() != nil:
+		return m, nil, false, false, caddyhttp.Error(StatusClientClosedRequest, err)
+	default:
+		return m, nil, false, false, a.reject(w, err)
 	}
 }
 

@@ -31,6 +31,12 @@ mutations=(
 	relay.go 'h["Content-Type"] = nil' '_ = h' . '^TestDifferential$'
 	relay.go 'h[http.TrailerPrefix+k] = vs' '_ = vs' . '^TestDifferential$'
 	proxy.go '|| errors.Is(err, errBadUpgrade)' '' . '^TestClientBodyErrorsAreTheClients$'
+	backend/instance.go 'if n >= max {' 'if n > max {' . '^TestOverloadLimits$'
+	backend/instance.go 'return max(1, (int64(limit)*sel+w*rampSteps-1)/(w*rampSteps))' 'return int64(limit)' ./backend '^TestTryAcquire$'
+	overload.go 'q.waiters[0].signal()' 'q.waiters[len(q.waiters)-1].signal()' . '^TestQueueFIFO$'
+	overload.go 'w.Header().Set("Retry-After", "1")' '' . '^TestOverloadRejectsAtOnce$'
+	retry.go '|| !idempotent(r) ||' '||' . '^TestRetryStatus$'
+	proxy.go 'failure = nil // an answer' 'failure = at.err' . '^TestRetryStatus$'
 )
 
 selected=" $* "
