@@ -65,7 +65,9 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	}
 	var err error
 	if every := at.app.flush; every > 0 && !stream {
-		f := &intervalFlusher{w: at.w, rc: rc, every: every}
+		// A controller of its own: the flusher outlives this frame, and
+		// rc would then be allocated for every response.
+		f := &intervalFlusher{w: at.w, rc: http.NewResponseController(at.w), every: every}
 		err = at.copyBody(res.Body, f, rc, false)
 		f.stop()
 	} else {
