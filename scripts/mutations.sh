@@ -23,7 +23,7 @@ mutations=(
 	handler.go 'if serving {' 'if false && serving {' . '^TestSlowStart$'
 	report.go 'LastError:           st.LastError,' 'LastError: "",' . '^TestReport$'
 	relay.go 'at.final(http.StatusSwitchingProtocols)' 'at.started = true' . '^TestUpgradeIsASuccess$'
-	proxy.go 'case status == StatusClientClosedRequest || clientsFault(at.err):' 'case status == StatusClientClosedRequest:' . '^TestClientBodyErrorsAreTheClients$'
+	proxy.go 'case status == StatusClientClosedRequest || clientsFault(failure):' 'case status == StatusClientClosedRequest:' . '^TestClientBodyErrorsAreTheClients$'
 	relay.go 'at.cutShort = true' 'at.cutShort = false' . '^TestResponseCutShortIsAFailure$'
 	backend/instance.go 'c.RawQuery = redactQuery(u.RawQuery)' 'c.RawQuery = u.RawQuery' ./backend '^TestRedact$'
 	relay.go 'if at.cookie != "" {' 'if false {' . '^TestStickyCookieOnlyOnTheFinalResponse$'
