@@ -238,18 +238,7 @@ http://:{port} {
 			_ = release.wait(r.Context())
 			_, _ = io.WriteString(w, "data: second\n\n")
 		})
-		resp := do(t, s, http.MethodGet, "/", nil)
-		br := bufio.NewReader(resp.Body)
-		// The second event is held back until the first has arrived, so
-		// reading the first proves it was not buffered.
-		if line, err := br.ReadString('\n'); err != nil || line != "data: first\n" {
-			t.Fatalf("first event: %q %v", line, err)
-		}
-		release.open()
-		rest, _ := io.ReadAll(br)
-		if string(rest) != "\ndata: second\n\n" {
-			t.Fatalf("rest %q", rest)
-		}
+		readFlushed(t, s, release, "data: first\n", "\ndata: second\n\n")
 	})
 
 	t.Run("unknown-length responses flushed at once", func(t *testing.T) {
@@ -261,12 +250,7 @@ http://:{port} {
 			_ = release.wait(r.Context())
 			_, _ = io.WriteString(w, "chunk2\n")
 		})
-		resp := do(t, s, http.MethodGet, "/", nil)
-		br := bufio.NewReader(resp.Body)
-		if line, err := br.ReadString('\n'); err != nil || line != "chunk1\n" {
-			t.Fatalf("first chunk: %q %v", line, err)
-		}
-		release.open()
+		readFlushed(t, s, release, "chunk1\n", "chunk2\n")
 	})
 }
 
@@ -294,22 +278,30 @@ http://:{port} {
 				_ = release.wait(r.Context())
 				_, _ = io.WriteString(w, "part2-2\n")
 			})
-			resp := do(t, s, http.MethodGet, "/", nil)
-			br := bufio.NewReader(resp.Body)
-			// The rest is held back until the first part has arrived, so
-			// reading it proves it was flushed.
-			if line, err := br.ReadString('\n'); err != nil || line != "part1\n" {
-				t.Fatalf("first part: %q %v", line, err)
-			}
-			release.open()
-			if rest, err := io.ReadAll(br); err != nil || string(rest) != "part2-2\n" {
-				t.Fatalf("rest: %q %v", rest, err)
-			}
+			resp := readFlushed(t, s, release, "part1\n", "part2-2\n")
 			if resp.ContentLength != 14 {
 				t.Errorf("Content-Length %d, want the backend's 14", resp.ContentLength)
 			}
 		})
 	}
+}
+
+// readFlushed GETs / from s (Host x.test), whose backend sends first,
+// flushes, and sends the rest once release opens: it checks that first
+// reaches the client while the rest is held back (so it was flushed, not
+// buffered), then opens release and checks the rest.
+func readFlushed(t *testing.T, s *site, release *gate, first, rest string) *http.Response {
+	t.Helper()
+	resp := do(t, s, http.MethodGet, "/", nil)
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != first {
+		t.Fatalf("first line: %q %v, want %q", line, err, first)
+	}
+	release.open()
+	if got, err := io.ReadAll(br); err != nil || string(got) != rest {
+		t.Fatalf("the rest: %q %v, want %q", got, err, rest)
+	}
+	return resp
 }
 
 // do sends a request for path with Host x.test and returns the response;
