@@ -101,6 +101,13 @@ type waiter struct {
 // waiting reports whether requests are queued.
 func (q *requestQueue) waiting() bool { return q.length.Load() > 0 }
 
+// headPoll is how often the head of a queue tries again unwoken. Slots
+// freed in this app wake it at once; but instances are shared by the
+// configs that have them, and a slot freed by a request of another
+// config (the one before a reload, or another handler's app of the same
+// instance) wakes nobody here.
+const headPoll = 20 * time.Millisecond
+
 // wait queues the caller until try (which takes an instance, and reports
 // whether it did) succeeds as the head of the queue, the timeout passes,
 // the queue is full, or ctx ends.
@@ -117,14 +124,28 @@ func (q *requestQueue) wait(ctx context.Context, try func() bool) error {
 	q.mu.Unlock()
 	timer := time.NewTimer(q.timeout)
 	defer timer.Stop()
+	var poll *time.Ticker
+	var polled <-chan time.Time // nil, so never ready, until w is the head
+	defer func() {
+		if poll != nil {
+			poll.Stop()
+		}
+	}()
 	for {
-		if head && try() {
-			q.leave(w)
-			return nil
+		if head {
+			if try() {
+				q.leave(w)
+				return nil
+			}
+			if poll == nil {
+				poll = time.NewTicker(headPoll)
+				polled = poll.C
+			}
 		}
 		select {
 		case <-w.wake:
 			head = true // only the head is woken
+		case <-polled:
 		case <-timer.C:
 			q.leave(w)
 			return errQueueTimeout

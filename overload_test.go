@@ -444,3 +444,38 @@ http://:{port} {
 		t.Errorf("the busy instances got %d requests of none.test, want 8 (4, each tried on both)", got)
 	}
 }
+
+// TestQueueAcrossReload: a reload keeps an instance's state, its requests
+// in flight included, so a slot that a request of the old config frees
+// must reach a request queued in the new one.
+func TestQueueAcrossReload(t *testing.T) {
+	g := newGate()
+	defer g.open()
+	b := newCappedBackend(t, "shared", 1, g)
+	s := newSite(t)
+	config := func(timeout string) string {
+		return fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app reload.test {
+			max_requests 1
+			max_queue 10
+			queue_timeout %s
+			instances %s
+		}
+	}
+}`, timeout, b.URL)
+	}
+	s.load(config("8s"))
+	old := s.getAsync("reload.test", "/") // holds the one slot, in the old config
+	waitFor(t, "a request in flight at the backend", func() bool { return b.inFlight.Load() == 1 })
+	s.load(config("9s"))
+	queuedNew := s.getAsync("reload.test", "/")
+	waitFor(t, "a request queued in the new config", func() bool { return queued(t, "reload.test") == 1 })
+	g.open() // and the queued one is served at once, once it gets the slot
+	for _, ch := range []<-chan answer{old, queuedNew} {
+		if a := recv(t, ch, "an answer"); a.err != nil || a.status != http.StatusOK {
+			t.Errorf("%d %q %v, want 200", a.status, a.body, a.err)
+		}
+	}
+}

@@ -37,6 +37,7 @@ mutations=(
 	overload.go 'w.Header().Set("Retry-After", "1")' '' . '^TestOverloadRejectsAtOnce$'
 	retry.go '|| !idempotent(r) ||' '||' . '^TestRetryStatus$'
 	proxy.go 'failure = nil // an answer' 'failure = at.err' . '^TestRetryStatus$'
+	overload.go 'polled = poll.C' 'polled = nil' . '^TestQueueAcrossReload$'
 )
 
 selected=" $* "
