@@ -17,13 +17,15 @@ import (
 // with the load balancer's own (Via, the sticky cookie) added, its status,
 // its body and its trailers (declared or not). It returns an error only
 // if nothing was written to the client yet, so that the attempt fails as
-// the instance's and may be retried; once the status is out, a body the
-// instance breaks off sets at.cutShort (the caller then aborts the
-// response), and one the client stops reading just ends the relay.
+// the instance's and may be retried (a *retryStatusError when the status
+// is one of retry_status and another attempt is to be made: nothing of the
+// response is written then); once the status is out, a body the instance
+// breaks off sets at.cutShort (the caller then aborts the response), and
+// one the client stops reading just ends the relay.
 //
 // Bodies are copied through pooled buffers. A response that streams (no
 // length, an event stream, gRPC) is flushed after each read; any other
-// is left to the writer's buffering.
+// is left to the writer's buffering, or flushed every flush_interval.
 func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	defer res.Body.Close()
 	if res.StatusCode == http.StatusSwitchingProtocols {
