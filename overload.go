@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/golb/caddy-lb/backend"
@@ -205,8 +204,15 @@ type overload struct {
 	waits    backend.Histogram
 }
 
-// reject turns a request away for overload: 503 with Retry-After: 1, an
-// error naming the app and why, counted; logged at most once a second.
+// errRejected says that reject answered the request.
+var errRejected = errors.New("rejected for overload")
+
+// reject turns a request away for overload: 503 with Retry-After: 1 and
+// a plain-text body naming the app and why, counted, and logged at most
+// once a second. It writes the response itself, and returns errRejected,
+// rather than return a Caddy error, which Caddy would log once per
+// request, at error level: under overload, the one thing not to do per
+// request.
 func (a *App) reject(w http.ResponseWriter, why error) error {
 	n := a.overload.rejected.Add(1)
 	now := backend.Now()
@@ -215,9 +221,21 @@ func (a *App) reject(w http.ResponseWriter, why error) error {
 		a.logger.Warn("requests rejected: overloaded", zap.String("app", a.name), zap.String("reason", why.Error()),
 			zap.Uint64("rejected", since), zap.Uint64("rejected_total", n))
 	}
-	w.Header().Set("Retry-After", "1")
-	return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("app %q: %w", a.name, why))
+	h := w.Header()
+	h["Retry-After"] = retryAfter
+	h["Content-Type"] = plainText
+	h["X-Content-Type-Options"] = nosniff
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = fmt.Fprintf(w, "503 Service Unavailable: app %q: %v\n", a.name, why)
+	return errRejected
 }
+
+// Header values of rejections, shared (never modified).
+var (
+	retryAfter = []string{"1"}
+	plainText  = []string{"text/plain; charset=utf-8"}
+	nosniff    = []string{"nosniff"}
+)
 
 // queued returns the requests waiting now.
 func (a *App) queued() int {

@@ -204,6 +204,9 @@ http://:{port} {
 		if err != nil || status != http.StatusServiceUnavailable || retryAfter != "1" {
 			t.Fatalf("a request over the limit: %d, Retry-After %q, %q, %v; want 503 with Retry-After: 1", status, retryAfter, body, err)
 		}
+		if !strings.Contains(body, `app "atonce.test"`) || !strings.Contains(body, "max_requests") {
+			t.Errorf("a rejection's body: %q; want the app and max_requests named", body)
+		}
 	}
 	if n := b.inFlight.Load(); n != 2 {
 		t.Fatalf("%d requests at the backend, want the 2 held ones", n)
@@ -216,6 +219,9 @@ http://:{port} {
 	}
 	if got := *appOf(t, fetchReport(t), "atonce.test").Rejected; got != excess {
 		t.Errorf("report: rejected %d, want %d", got, excess)
+	}
+	if errs := logLines(t, s, func(l map[string]any) bool { return l["level"] == "error" }); len(errs) > 0 {
+		t.Errorf("%d error log lines, want none (a line per rejection is what the rate-limited warning avoids): %v", len(errs), errs[0])
 	}
 	lines := logLines(t, s, func(l map[string]any) bool { return l["msg"] == "requests rejected: overloaded" })
 	if len(lines) == 0 || len(lines) >= excess {

@@ -43,8 +43,11 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	gone := 0        // picks of instances that had just left the app
 	for n := 0; ; n++ {
 		m, in, trial, pinned, err := a.next(w, r, tried[:n])
+		if err == errRejected {
+			return nil // answered
+		}
 		if err != nil {
-			return err // overload
+			return err // the client left the queue
 		}
 		if in == nil && failed != nil {
 			return failed // no other instance to retry on
@@ -108,7 +111,8 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 // when every available instance is at max_requests (or others wait for a
 // slot already: no barging), it waits in the queue for one, and returns
 // the error for the client when it may not (no queue, the queue full, the
-// wait over, or the client gone). It returns the members it picked from.
+// wait over: errRejected, the response written; or the client gone). It
+// returns the members it picked from.
 func (a *App) next(w http.ResponseWriter, r *http.Request, tried []*backend.Instance) (m *members, in *backend.Instance, trial, pinned bool, err error) {
 	m = a.members.Load()
 	q := a.overload.queue
