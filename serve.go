@@ -73,18 +73,8 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if n > 0 {
 			// A retry: it counts for the instance that failed the attempt.
 			tried[n-1].RecordRetry()
-			if repl != nil {
-				repl.Set("http.load_balancer.retries", n)
-			}
 		}
-		if repl != nil {
-			repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
-		}
-		if accessLogged(r) {
-			if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-				extra.Set(t.logField)
-			}
-		}
+		announce(r, repl, t, in, n)
 		var cookie string // pins the client to in, unless its cookie did
 		if a.sticky != nil && !pinned {
 			cookie = t.cookie
@@ -104,6 +94,22 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 			return failed
 		}
 		tried[n] = in
+	}
+}
+
+// announce makes attempt n of r, to in through t, known to the
+// placeholders (repl, if not nil) and the access log.
+func announce(r *http.Request, repl *caddy.Replacer, t *target, in *backend.Instance, n int) {
+	if repl != nil {
+		if n > 0 {
+			repl.Set("http.load_balancer.retries", n)
+		}
+		repl.Set("http.load_balancer.instance", in) // a fmt.Stringer: its redacted URL
+	}
+	if accessLogged(r) {
+		if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+			extra.Set(t.logField)
+		}
 	}
 }
 
