@@ -1,6 +1,11 @@
 package caddylb
 
-import "strings"
+import (
+	"net/http"
+	"strings"
+
+	"github.com/golb/caddy-lb/backend"
+)
 
 // InstanceStatesOf counts the instance states kept for the loaded configs
 // whose instance URL is one of urls, and the health monitors among them
@@ -21,3 +26,17 @@ func InstanceStatesOf(urls ...string) (states, monitors int) {
 	})
 	return states, monitors
 }
+
+// Next is App.next for tests: the instance that r's first attempt gets,
+// acquired, after waiting in the queue as a request would. Release it
+// with Done.
+func (a *App) Next(w http.ResponseWriter, r *http.Request) (*backend.Instance, error) {
+	_, in, _, _, err := a.next(w, r, nil)
+	return in, err
+}
+
+// Done releases an instance that Next acquired.
+func (a *App) Done(in *backend.Instance) { a.done(in) }
+
+// Queued is the number of requests in the app's queue.
+func (a *App) Queued() int { return a.queued() }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -483,5 +484,52 @@ http://:{port} {
 		if a := recv(t, ch, "an answer"); a.err != nil || a.status != http.StatusOK {
 			t.Errorf("%d %q %v, want 200", a.status, a.body, a.err)
 		}
+	}
+}
+
+// TestQueueNoBarging: a request that arrives while others wait queues
+// behind them, even when a slot was just freed and the oldest waiter has
+// not taken it yet. Through the app's own pick-or-wait, so that the
+// moment between the slot freed and the waiter woken is the test's.
+func TestQueueNoBarging(t *testing.T) {
+	h := provisioned(t, `{"handler":"load_balancer","apps":[{"host":"nb.test","max_requests":1,"max_queue":10,"queue_timeout":"30s","instances":[{"url":"http://127.0.0.1:1"}]}]}`)
+	app := h.Apps[0]
+	request := func() *http.Request { return httptest.NewRequest(http.MethodGet, "http://nb.test/", nil) }
+	first, err := app.Next(httptest.NewRecorder(), request())
+	if err != nil || first == nil {
+		t.Fatalf("the first request: %v, %v", first, err)
+	}
+	order := make(chan string, 2)
+	take := func(name string) {
+		in, err := app.Next(httptest.NewRecorder(), request())
+		if err == nil && in != nil {
+			order <- name
+			app.Done(in)
+			return
+		}
+		order <- fmt.Sprintf("%s: %v %v", name, in, err)
+	}
+	go take("waiter")
+	waitFor(t, "the waiter queued", func() bool { return app.Queued() == 1 })
+	for range 50 {
+		// The slot frees, and a newcomer arrives before the waiter
+		// (woken, not yet run) has taken it: it must queue too.
+		app.Done(first)
+		go take("newcomer")
+		if got := recv(t, order, "the first to get the slot"); got != "waiter" {
+			t.Fatalf("%q got the freed slot first, want the waiter", got)
+		}
+		if got := recv(t, order, "the second"); got != "newcomer" {
+			t.Fatalf("then %q, want the newcomer", got)
+		}
+		if first, err = app.Next(httptest.NewRecorder(), request()); err != nil || first == nil {
+			t.Fatalf("the slot again: %v %v", first, err)
+		}
+		go take("waiter")
+		waitFor(t, "the waiter queued", func() bool { return app.Queued() == 1 })
+	}
+	app.Done(first)
+	if got := recv(t, order, "the last waiter"); got != "waiter" {
+		t.Fatalf("%q", got)
 	}
 }

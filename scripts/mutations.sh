@@ -39,6 +39,7 @@ mutations=(
 	retry.go '|| !idempotent(r) ||' '||' . '^TestRetryStatus$'
 	proxy.go 'failure = nil // an answer' 'failure = at.err' . '^TestRetryStatus$'
 	overload.go 'polled = poll.C' 'polled = nil' . '^TestQueueAcrossReload$'
+	serve.go 'if q == nil || !q.waiting() {' 'if true {' . '^TestQueueNoBarging$'
 )
 
 selected=" $* "
