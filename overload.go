@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,13 +87,15 @@ type requestQueue struct {
 	max     int
 	timeout time.Duration
 
-	mu      sync.Mutex
-	waiters []*waiter
-	length  atomic.Int64 // len(waiters), read without the lock
+	mu         sync.Mutex
+	head, tail *waiter      // a list: joining and leaving cost the same however long it is
+	length     atomic.Int64 // waiters, read without the lock
 }
 
 type waiter struct {
-	wake chan struct{} // buffered: a wake-up is never lost
+	wake       chan struct{} // buffered: a wake-up is never lost
+	prev, next *waiter
+	queued     bool // in the list
 }
 
 // waiting reports whether requests are queued.
@@ -113,13 +114,20 @@ const headPoll = 20 * time.Millisecond
 func (q *requestQueue) wait(ctx context.Context, try func() bool) error {
 	w := &waiter{wake: make(chan struct{}, 1)}
 	q.mu.Lock()
-	if len(q.waiters) >= q.max {
+	n := q.length.Load()
+	if n >= int64(q.max) {
 		q.mu.Unlock()
 		return errQueueFull
 	}
-	q.waiters = append(q.waiters, w)
-	q.length.Store(int64(len(q.waiters)))
-	head := len(q.waiters) == 1
+	w.prev, w.queued = q.tail, true
+	if q.tail != nil {
+		q.tail.next = w
+	} else {
+		q.head = w
+	}
+	q.tail = w
+	q.length.Store(n + 1)
+	head := q.head == w
 	q.mu.Unlock()
 	timer := time.NewTimer(q.timeout)
 	defer timer.Stop()
@@ -160,13 +168,24 @@ func (q *requestQueue) wait(ctx context.Context, try func() bool) error {
 func (q *requestQueue) leave(w *waiter) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	i := slices.Index(q.waiters, w)
-	if i < 0 {
+	if !w.queued {
 		return
 	}
-	q.waiters = slices.Delete(q.waiters, i, i+1)
-	q.length.Store(int64(len(q.waiters)))
-	if i == 0 {
+	w.queued = false
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		q.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		q.tail = w.prev
+	}
+	wasHead := w.prev == nil
+	w.prev, w.next = nil, nil
+	q.length.Add(-1)
+	if wasHead {
 		q.wakeHeadLocked()
 	}
 }
@@ -183,8 +202,8 @@ func (q *requestQueue) freed() {
 
 // wakeHeadLocked wakes the head of the queue, if any; q.mu is held.
 func (q *requestQueue) wakeHeadLocked() {
-	if len(q.waiters) > 0 {
-		q.waiters[0].signal()
+	if q.head != nil {
+		q.head.signal()
 	}
 }
 

@@ -33,7 +33,7 @@ mutations=(
 	proxy.go '|| errors.Is(err, errBadUpgrade)' '' . '^TestClientBodyErrorsAreTheClients$'
 	backend/instance.go 'if n >= max {' 'if n > max {' . '^TestOverloadLimits$'
 	backend/instance.go 'return max(1, (int64(limit)*sel+w*rampSteps-1)/(w*rampSteps))' 'return int64(limit)' ./backend '^TestTryAcquire$'
-	overload.go 'q.waiters[0].signal()' 'q.waiters[len(q.waiters)-1].signal()' . '^TestQueueFIFO$'
+	overload.go 'q.head.signal()' 'q.tail.signal()' . '^TestQueueFIFO$'
 	overload.go 'h["Retry-After"] = retryAfter' '' . '^TestOverloadRejectsAtOnce$'
 	overload.go 'return errRejected' 'return nil' . '^TestOverloadRejectsAtOnce$'
 	retry.go '|| !idempotent(r) ||' '||' . '^TestRetryStatus$'
