@@ -231,25 +231,14 @@ http://:{port} {
 	t.Run("event streams flushed at once", func(t *testing.T) {
 		release := newGate()
 		defer release.open()
-		b.handle(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/event-stream")
-			_, _ = io.WriteString(w, "data: first\n\n")
-			w.(http.Flusher).Flush()
-			_ = release.wait(r.Context())
-			_, _ = io.WriteString(w, "data: second\n\n")
-		})
+		b.handle(inTwoParts(release, "Content-Type", "text/event-stream", "data: first\n\n", "data: second\n\n"))
 		readFlushed(t, s, release, "data: first\n", "\ndata: second\n\n")
 	})
 
 	t.Run("unknown-length responses flushed at once", func(t *testing.T) {
 		release := newGate()
 		defer release.open()
-		b.handle(func(w http.ResponseWriter, r *http.Request) {
-			_, _ = io.WriteString(w, "chunk1\n")
-			w.(http.Flusher).Flush()
-			_ = release.wait(r.Context())
-			_, _ = io.WriteString(w, "chunk2\n")
-		})
+		b.handle(inTwoParts(release, "", "", "chunk1\n", "chunk2\n"))
 		readFlushed(t, s, release, "chunk1\n", "chunk2\n")
 	})
 }
@@ -271,18 +260,27 @@ http://:{port} {
 }`, b.URL, interval))
 			release := newGate()
 			defer release.open()
-			b.handle(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Length", "14")
-				_, _ = io.WriteString(w, "part1\n")
-				w.(http.Flusher).Flush()
-				_ = release.wait(r.Context())
-				_, _ = io.WriteString(w, "part2-2\n")
-			})
+			b.handle(inTwoParts(release, "Content-Length", "14", "part1\n", "part2-2\n"))
 			resp := readFlushed(t, s, release, "part1\n", "part2-2\n")
 			if resp.ContentLength != 14 {
 				t.Errorf("Content-Length %d, want the backend's 14", resp.ContentLength)
 			}
 		})
+	}
+}
+
+// inTwoParts is a backend handler that sends first (with the header
+// name: value, if name is set), flushes, and sends rest once release
+// opens.
+func inTwoParts(release *gate, name, value, first, rest string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if name != "" {
+			w.Header().Set(name, value)
+		}
+		_, _ = io.WriteString(w, first)
+		w.(http.Flusher).Flush()
+		_ = release.wait(r.Context())
+		_, _ = io.WriteString(w, rest)
 	}
 }
 

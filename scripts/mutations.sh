@@ -40,6 +40,7 @@ mutations=(
 	proxy.go 'failure = nil // an answer' 'failure = at.err' . '^TestRetryStatus$'
 	overload.go 'polled = poll.C' 'polled = nil' . '^TestQueueAcrossReload$'
 	serve.go 'if q == nil || !q.waiting() {' 'if true {' . '^TestQueueNoBarging$'
+	relay.go 'if every := at.app.flush; every > 0 && !stream {' 'if every := at.app.flush; false && every > 0 {' . '^TestFlushInterval$'
 )
 
 selected=" $* "

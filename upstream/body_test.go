@@ -76,22 +76,7 @@ func Test1xx(t *testing.T) {
 			if tc.trace {
 				req = rec.attach(req)
 			}
-			resp, err := tr.RoundTrip(req)
-			if tc.wantErr {
-				if err == nil {
-					resp.Body.Close()
-					t.Fatal("no error")
-				}
-			} else {
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 || string(b) != "ok" {
-					t.Fatalf("%d %q", resp.StatusCode, b)
-				}
-			}
+			roundTripOK(t, tr, req, tc.wantErr)
 			if fmt.Sprint(rec.codes) != fmt.Sprint(tc.wantCodes) && len(rec.codes)+len(tc.wantCodes) > 0 {
 				t.Errorf("1xx codes %v, want %v", rec.codes, tc.wantCodes)
 			}
@@ -150,22 +135,7 @@ func TestInterim(t *testing.T) {
 				rec := &interimRec{failWith: tc.failWith}
 				req := mustReq(t, "GET", srv.url, nil)
 				req = req.WithContext(WithInterim(req.Context(), rec))
-				resp, err := tr.RoundTrip(req)
-				if tc.failWith != nil {
-					if err == nil {
-						resp.Body.Close()
-						t.Fatal("no error")
-					}
-				} else {
-					if err != nil {
-						t.Fatal(err)
-					}
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 || string(b) != "ok" {
-						t.Fatalf("%d %q", resp.StatusCode, b)
-					}
-				}
+				roundTripOK(t, tr, req, tc.failWith != nil)
 				if fmt.Sprint(rec.codes) != fmt.Sprint(tc.wantCodes) {
 					t.Errorf("1xx codes %v, want %v", rec.codes, tc.wantCodes)
 				}

@@ -166,6 +166,28 @@ func newTransport(t *testing.T) *Transport {
 	return tr
 }
 
+// roundTripOK sends req through tr and checks that it fails (wantErr) or
+// gets 200 "ok".
+func roundTripOK(t *testing.T, tr http.RoundTripper, req *http.Request, wantErr bool) {
+	t.Helper()
+	resp, err := tr.RoundTrip(req)
+	if wantErr {
+		if err == nil {
+			resp.Body.Close()
+			t.Fatal("no error")
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" {
+		t.Fatalf("%d %q", resp.StatusCode, b)
+	}
+}
+
 func mustReq(t *testing.T, method, url string, body io.Reader) *http.Request {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"os"
 	"strconv"
@@ -89,9 +90,10 @@ type wrkRun struct {
 	connections int
 	duration    time.Duration
 	url         string
-	host        string // Host header, if not the URL's
-	script      string // path of wrkScript
-	logPath     string // wrk's output is written here
+	host        string        // Host header, if not the URL's
+	script      string        // path of wrkScript
+	timeout     time.Duration // wrk's --timeout; 0: 5s
+	logPath     string        // wrk's output is written here
 }
 
 // runWrk runs wrk once and returns its summary. It is bounded: wrk stops
@@ -100,7 +102,7 @@ type wrkRun struct {
 func (b *bench) runWrk(w wrkRun) (wrkResult, error) {
 	argv := []string{"wrk", "-t", strconv.Itoa(w.threads), "-c", strconv.Itoa(w.connections),
 		"-d", fmt.Sprintf("%ds", max(1, int(w.duration.Round(time.Second).Seconds()))),
-		"--timeout", "5s", "--latency"}
+		"--timeout", cmp.Or(w.timeout, 5*time.Second).String(), "--latency"}
 	if w.script != "" {
 		argv = append(argv, "-s", w.script)
 	}
