@@ -488,7 +488,11 @@ func provision(t testing.TB, handlerJSON string) (*caddylb.Handler, error) {
 		return nil, err
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	if err := h.Provision(ctx); err != nil {
+	err := h.Provision(ctx)
+	if err == nil {
+		err = h.Validate()
+	}
+	if err != nil {
 		cancel()
 		if cerr := h.Cleanup(); cerr != nil {
 			t.Errorf("cleanup after a failed provisioning: %v", cerr)

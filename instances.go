@@ -194,6 +194,39 @@ func (a *App) setMembers(m *members) {
 	a.members.Store(m)
 }
 
+// adopt applies the app's settings to its instances at now and starts their
+// health checks; instances new to an app that served before this config
+// ramp up (slow start).
+func (a *App) adopt(now int64, logger *zap.Logger) {
+	if a.dynamic != nil {
+		a.dynamic.mu.Lock()
+		defer a.dynamic.mu.Unlock()
+	}
+	m := a.members.Load()
+	var added []*target
+	serving := false // some instance of the app served before this config
+	for _, in := range a.pool.All() {
+		t := m.targets[in]
+		if t.in.Configure(t.weight, &a.passive, now) {
+			added = append(added, t)
+		} else {
+			serving = true
+		}
+		if t.shared.monitor != nil {
+			t.shared.monitor.Run(a.health, t.rt)
+		}
+	}
+	if serving {
+		for _, t := range added {
+			t.in.StartSlowStart(now)
+		}
+	}
+	a.serving.Store(true)
+	if a.dynamic != nil {
+		a.watch(logger)
+	}
+}
+
 // release gives back the instances the app took, configured and
 // discovered.
 func (a *App) release() {

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/golb/caddy-lb/report"
 )
@@ -505,78 +504,6 @@ http://:{port} {
 	}
 	if !seen {
 		t.Error("the late backend got no request once healthy")
-	}
-}
-
-// TestSlowStart: an instance that comes in (back from failing its checks,
-// or added by a reload to an app that serves) starts at a tenth of its
-// weight and ramps up to all of it over slow_start; the instances of a
-// config that starts from nothing start at full weight.
-func TestSlowStart(t *testing.T) {
-	steady, cold, added := newBackend(t, "steady"), newBackend(t, "cold"), newBackend(t, "added")
-	cold.health.Store(503)
-	s := newSite(t)
-	cfg := func(slowStart string, instances ...string) string {
-		return fmt.Sprintf(`
-http://:{port} {
-	load_balancer {
-		app ramp.test {
-			health_uri /health
-			health_check_cooldown 20ms
-			slow_start %s
-			instances %s
-		}
-	}
-}`, slowStart, strings.Join(instances, " "))
-	}
-	// A long ramp, so that its first step (a tenth) lasts: round robin
-	// then gives the cold instance exactly 1 request in 11.
-	s.load(cfg("1h", steady.URL, cold.URL))
-	waitFor(t, "the cold backend unhealthy", func() bool {
-		return instanceOf(t, fetchReport(t), "ramp.test", cold.URL).State == "unhealthy"
-	})
-	if in := instanceOf(t, fetchReport(t), "ramp.test", steady.URL); in.State != "healthy" || in.EffectiveWeight != 1 || in.Weight != 1 {
-		t.Fatalf("an instance of a new config: %q, weight %d, effective %v; want healthy at full weight", in.State, in.Weight, in.EffectiveWeight)
-	}
-	cold.health.Store(0)
-	waitFor(t, "the cold backend starting", func() bool {
-		return instanceOf(t, fetchReport(t), "ramp.test", cold.URL).State == "starting"
-	})
-	in := instanceOf(t, fetchReport(t), "ramp.test", cold.URL)
-	if in.EffectiveWeight != 0.1 || in.Weight != 1 || in.Since == nil || time.Since(*in.Since) < 0 {
-		t.Fatalf("the instance back in: weight %d, effective %v, since %v; want 1, 0.1 and a time", in.Weight, in.EffectiveWeight, in.Since)
-	}
-	counts := map[string]int{}
-	for range 110 {
-		_, body := s.get("ramp.test", "/")
-		counts[body]++
-	}
-	if counts["cold"] != 10 || counts["steady"] != 100 {
-		t.Errorf("110 round-robin requests at a tenth of the weight: %v, want cold 10, steady 100", counts)
-	}
-
-	// A reload that adds an instance to the app: it ramps too.
-	// (Its settings apply once the config runs, a moment after the load.)
-	s.load(cfg("1h", steady.URL, cold.URL, added.URL))
-	waitFor(t, "the added instance starting at a tenth of its weight", func() bool {
-		in := instanceOf(t, fetchReport(t), "ramp.test", added.URL)
-		return in.State == "starting" && in.EffectiveWeight == 0.1
-	})
-
-	// A reload to a short ramp: the ramp follows it to its end, at full
-	// weight, healthy, with an even share.
-	s.load(cfg("500ms", steady.URL, cold.URL))
-	waitFor(t, "the ramp to end", func() bool {
-		in := instanceOf(t, fetchReport(t), "ramp.test", cold.URL)
-		return in.State == "healthy" && in.EffectiveWeight == 1
-	})
-	clear(counts)
-	for range 50 {
-		_, body := s.get("ramp.test", "/")
-		counts[body]++
-	}
-	if counts["cold"] != 25 {
-		t.Errorf("after the ramp: %v of 50 round-robin requests, want 25 each", counts)
 	}
 }
 

@@ -62,21 +62,19 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the config and builds the apps. Their instances' live
-// state is shared with the configs before and after this one (see
-// sharedInstance); once Caddy runs this config, its settings apply to it
-// and health checks start, if they have not already. Any error names the
-// app and the field at fault.
+// Provision compiles each app's options, checking them, and builds the
+// apps. Their instances' live state is shared with the configs before and
+// after this one (see sharedInstance); once Caddy runs this config, its
+// settings apply to it and health checks start, if they have not already.
+// Any error names the app and the field at fault. A handler without apps
+// is left for Validate to refuse.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.ctx = ctx
-	if len(h.Apps) == 0 {
-		return fmt.Errorf("apps: %w", ErrNoApps)
+	if h.checkApps() != nil {
+		return nil // nothing to build: Validate refuses the config
 	}
-	for i, app := range h.Apps {
-		if app == nil {
-			return fmt.Errorf("apps[%d]: %w", i, ErrNoInstances)
-		}
+	for _, app := range h.Apps {
 		if err := app.provision(); err != nil {
 			return err
 		}
@@ -121,6 +119,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// Validate reports what makes the config unusable as a whole: no apps, or
+// an app left empty. (Each app's own options are checked as Provision
+// compiles them, and their errors name the app and the field.)
+func (h *Handler) Validate() error { return h.checkApps() }
+
+// checkApps checks that the handler has apps, and none of them null.
+func (h *Handler) checkApps() error {
+	if len(h.Apps) == 0 {
+		return fmt.Errorf("apps: %w", ErrNoApps)
+	}
+	for i, app := range h.Apps {
+		if app == nil {
+			return fmt.Errorf("apps[%d]: %w", i, ErrNoInstances)
+		}
+	}
+	return nil
+}
+
 // adopt makes this config the one in charge of its instances: their
 // weights, policies and health check settings are its own from now on, and
 // it watches its apps' sources. (Changes of their state are logged and
@@ -130,39 +146,6 @@ func (h *Handler) adopt() {
 	now := backend.Now()
 	for _, app := range h.Apps {
 		app.adopt(now, h.logger)
-	}
-}
-
-// adopt applies the app's settings to its instances at now and starts their
-// health checks; instances new to an app that served before this config
-// ramp up (slow start).
-func (a *App) adopt(now int64, logger *zap.Logger) {
-	if a.dynamic != nil {
-		a.dynamic.mu.Lock()
-		defer a.dynamic.mu.Unlock()
-	}
-	m := a.members.Load()
-	var added []*target
-	serving := false // some instance of the app served before this config
-	for _, in := range a.pool.All() {
-		t := m.targets[in]
-		if t.in.Configure(t.weight, &a.passive, now) {
-			added = append(added, t)
-		} else {
-			serving = true
-		}
-		if t.shared.monitor != nil {
-			t.shared.monitor.Run(a.health, t.rt)
-		}
-	}
-	if serving {
-		for _, t := range added {
-			t.in.StartSlowStart(now)
-		}
-	}
-	a.serving.Store(true)
-	if a.dynamic != nil {
-		a.watch(logger)
 	}
 }
 
@@ -233,6 +216,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ report.Source               = (*Handler)(nil)
