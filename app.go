@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/fleet"
 	"github.com/golb/caddy-lb/health"
 	"github.com/golb/caddy-lb/strategy"
 	"github.com/golb/caddy-lb/upstream"
@@ -103,6 +104,7 @@ type App struct {
 	retired   atomic.Bool       // set by Cleanup
 	logger    *zap.Logger
 	overload  overload
+	fleet     *fleet.App // the config's fleet; nil without one
 }
 
 // settings is what provision compiles an app's options into.

@@ -340,6 +340,7 @@ func (a *App) start(t *target, now int64, added bool) {
 		t.in.StartSlowStart(now)
 	}
 	if t.shared.monitor != nil {
+		t.shared.shareChecks(a.fleetSession(), a.name, a.health.Interval)
 		t.shared.monitor.Run(a.health, t.rt)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -18,11 +19,13 @@ import (
 
 // node is a Caddy process of a fleet: this test binary run as caddy.
 type node struct {
-	t     *testing.T
-	name  string
-	port  int    // its site
-	admin string // its admin endpoint
-	out   *syncBuffer
+	t      *testing.T
+	name   string
+	port   int    // its site
+	admin  string // its admin endpoint
+	out    *syncBuffer
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process has ended
 }
 
 // startNode runs Caddy with caddyfile ({port} and {admin} filled in) until
@@ -38,6 +41,7 @@ func startNode(t *testing.T, name, caddyfile string) *node {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
+	n.cmd, n.exited = cmd, exited
 	go func() {
 		_ = cmd.Wait()
 		close(exited)
@@ -59,6 +63,13 @@ func startNode(t *testing.T, name, caddyfile string) *node {
 		return err == nil
 	})
 	return n
+}
+
+// kill kills the node's process (SIGKILL: no goodbye), and waits until
+// it has ended.
+func (n *node) kill() {
+	_ = n.cmd.Process.Kill()
+	recv(n.t, n.exited, "caddy "+n.name+" to end")
 }
 
 // report reads the node's load balancer report.

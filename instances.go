@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/golb/caddy-lb/backend"
+	"github.com/golb/caddy-lb/fleet"
 	"github.com/golb/caddy-lb/health"
 	"github.com/golb/caddy-lb/internal/running"
 )
@@ -32,7 +33,8 @@ type sharedInstance struct {
 	monitor *health.Monitor
 
 	mu        sync.Mutex
-	listeners []listener // of the configs using the instance, oldest first
+	listeners []listener   // of the configs using the instance, oldest first
+	fleet     *fleet.Entry // its checks shared with a fleet; nil if not (see fleet.go)
 }
 
 // listener is how a config logs and emits the changes of an instance's
@@ -93,6 +95,12 @@ func (s *sharedInstance) Destruct() error {
 	if s.monitor != nil {
 		s.monitor.Stop()
 	}
+	s.mu.Lock()
+	if s.fleet != nil {
+		s.fleet.Release()
+		s.fleet = nil
+	}
+	s.mu.Unlock()
 	s.in.Close()
 	return nil
 }
@@ -213,6 +221,7 @@ func (a *App) adopt(now int64, logger *zap.Logger) {
 			serving = true
 		}
 		if t.shared.monitor != nil {
+			t.shared.shareChecks(a.fleetSession(), a.name, a.health.Interval)
 			t.shared.monitor.Run(a.health, t.rt)
 		}
 	}

@@ -87,6 +87,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.events, err = loadEvents(ctx); err != nil {
 		return err
 	}
+	if err := h.loadFleet(ctx); err != nil {
+		return err
+	}
 	for _, app := range h.Apps {
 		if err := app.loadSource(ctx); err != nil {
 			return err

@@ -31,9 +31,11 @@ func (h *Handler) ReportApps() []report.App {
 				ri.MaxRequests = in.Limit(app.limits.limit)
 			}
 			ri.Source = "config"
-			if t := m.targets[in]; t != nil && t.dynamic {
+			t := m.targets[in]
+			if t != nil && t.dynamic {
 				ri.Source = "dynamic"
 			}
+			reportFleet(&ri, t)
 			ra.Instances = append(ra.Instances, ri)
 		}
 		apps = append(apps, ra)

@@ -5,10 +5,6 @@ import "net/url"
 // ExpNeg exposes expNeg to tests.
 var ExpNeg = expNeg
 
-// WallTime exposes wallTime to tests, to compare a Status's times with the
-// Now-based times given to the state machine.
-var WallTime = wallTime
-
 // NewWeighted returns a healthy instance of the given weight for the
 // backend at u, with passive checks and slow start off.
 func NewWeighted(u *url.URL, weight int) *Instance {

@@ -72,7 +72,7 @@ func (in *Instance) SelectionWeight() int { return int(in.selWeight.Load()) }
 
 // Healthy reports whether the instance passes its active health checks
 // and is not ejected by passive ones.
-func (in *Instance) Healthy() bool { return in.flags.Load()&(flagUnhealthy|flagEjected) == 0 }
+func (in *Instance) Healthy() bool { return in.flags.Load()&(down|flagEjected) == 0 }
 
 // Available reports whether the instance may receive new requests: it is
 // healthy (or ejected with its trial request open), not draining, and its

@@ -47,6 +47,9 @@ var start = time.Now()
 // process started: the time base of latency samples and estimates.
 func Now() int64 { return int64(time.Since(start)) }
 
+// WallTime converts a time of Now's base to wall-clock time.
+func WallTime(now int64) time.Time { return wallTime(now) }
+
 // ObserveLatency records a response-header latency sample taken at now (as
 // returned by Now), with decay window tau (> 0).
 func (in *Instance) ObserveLatency(sample time.Duration, now int64, tau time.Duration) {

@@ -23,12 +23,17 @@ const (
 	flagEjected                      // ejected by passive checks
 	flagTrial                        // ejected, and one trial request may go to it
 	flagDraining                     // no new requests, by the operator
+	flagFleetDown                    // failing the checks another node of its fleet makes (see SetFleetDown)
 )
+
+// down is the flags that take an instance out as failing health checks:
+// its own, or those of another node of its fleet.
+const down = flagUnhealthy | flagFleetDown
 
 // available reports whether an instance with flags f may get new
 // requests.
 func available(f uint32) bool {
-	return f&(flagUnhealthy|flagDraining) == 0 && (f&flagEjected == 0 || f&flagTrial != 0)
+	return f&(down|flagDraining) == 0 && (f&flagEjected == 0 || f&flagTrial != 0)
 }
 
 // rampSteps is how many steps slow start ramps an instance's weight in:
@@ -162,7 +167,7 @@ func (in *Instance) Configure(weight int, p *Policy, now int64) (first bool) {
 func (in *Instance) StartSlowStart(now int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if in.flags.Load()&(flagUnhealthy|flagEjected) == 0 && !in.st.closed {
+	if in.flags.Load()&(down|flagEjected) == 0 && !in.st.closed {
 		in.startRampLocked(now)
 	}
 }
@@ -213,9 +218,11 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 		in.st.passes++
 		if f&flagUnhealthy != 0 && (in.st.passes >= passes || first) {
 			in.setActiveLocked(true, "health check passed", now)
-			changes = append(changes, Change{Event: EventHealthy, Reason: in.st.reason})
-			if f&flagEjected == 0 {
-				in.startRampLocked(now)
+			if f&flagFleetDown == 0 { // else still out, by the fleet's verdict
+				changes = append(changes, Change{Event: EventHealthy, Reason: in.st.reason})
+				if f&flagEjected == 0 {
+					in.startRampLocked(now)
+				}
 			}
 		}
 		if f&flagEjected != 0 {
@@ -223,7 +230,7 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 			// Reported only if the instance is back in: not a second time
 			// when this check also ended its unhealthy state (reported
 			// above), not at all while it is still unhealthy.
-			if f&flagUnhealthy == 0 {
+			if f&down == 0 {
 				changes = append(changes, c)
 			}
 		}
@@ -233,7 +240,9 @@ func (in *Instance) checked(now int64, err error, passes, fails int) {
 		if f&flagUnhealthy == 0 && in.st.fails >= fails {
 			in.setActiveLocked(false, err.Error(), now)
 			in.stopRampLocked()
-			changes = append(changes, Change{Event: EventUnhealthy, Reason: in.st.reason})
+			if f&flagFleetDown == 0 { // else out already, by the fleet's verdict
+				changes = append(changes, Change{Event: EventUnhealthy, Reason: in.st.reason})
+			}
 		}
 	}
 	in.mu.Unlock()
@@ -300,7 +309,7 @@ func (in *Instance) Succeeded(trial bool, now int64) {
 	}
 	// An instance still failing its active checks (tried in panic) is
 	// not back in: its passing checks will say when it is.
-	back := ended && in.flags.Load()&flagUnhealthy == 0
+	back := ended && in.flags.Load()&down == 0
 	in.mu.Unlock()
 	if back {
 		in.notify(c)
@@ -416,7 +425,7 @@ func (in *Instance) endEjectionLocked(now int64, reason string) Change {
 		in.st.ejectTimer.Stop()
 	}
 	in.consec.Store(0)
-	if in.flags.Load()&flagUnhealthy == 0 {
+	if in.flags.Load()&down == 0 {
 		in.startRampLocked(now)
 	}
 	epoch.Add(1)
@@ -556,7 +565,7 @@ func (in *Instance) Status() Status {
 		URL:               in.redacted,
 		Reason:            st.reason,
 		Since:             wallTime(st.changedAt),
-		Healthy:           f&(flagUnhealthy|flagEjected) == 0,
+		Healthy:           f&(down|flagEjected) == 0,
 		InFlight:          in.inFlight.Load(),
 		TotalRequests:     in.requests.Load(),
 		Failures:          in.failures.Load(),
@@ -569,7 +578,7 @@ func (in *Instance) Status() Status {
 	switch {
 	case f&flagDraining != 0:
 		s.State = StateDraining
-	case f&flagUnhealthy != 0:
+	case f&down != 0:
 		s.State = StateUnhealthy
 	case f&flagEjected != 0:
 		s.State = StateEjected

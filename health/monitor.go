@@ -37,7 +37,8 @@ type Monitor struct {
 	http1    *Prober   // HTTP checks of http and https instances; nil for h2c
 	rt       *rtProber // gRPC checks, and HTTP checks of h2c instances; nil without a Transport
 
-	spec atomic.Pointer[Spec]
+	spec    atomic.Pointer[Spec]
+	sharing atomic.Pointer[sharingBox]
 
 	mu      sync.Mutex // guards started, stopped and probes.Add
 	started bool
@@ -164,6 +165,10 @@ func (m *Monitor) round(b *buffers) {
 	defer m.probes.Done()
 
 	in := m.instance
+	sh := m.sharing.Load()
+	if sh != nil && !sh.s.ShouldProbe() {
+		return // others probe it, and their verdicts are fresh
+	}
 	if !in.TryStartCheck() {
 		return
 	}
@@ -178,9 +183,50 @@ func (m *Monitor) round(b *buffers) {
 		in.AbandonCheck()
 		return
 	}
+	probesSent.Add(1)
 	in.ObserveCheck(took)
 	in.FinishCheck(backend.Now(), err, spec.Passes, spec.Fails)
+	if sh != nil {
+		sh.s.Probed(err)
+	}
 }
+
+// Sharing shares the checks of an instance with other load balancers (a
+// fleet, see package fleet): round by round it says whether this process
+// probes the instance, and it hears the outcome of every probe this
+// process makes.
+type Sharing interface {
+	// ShouldProbe reports whether this process probes the instance in
+	// this round; false skips the round (the instance's health then
+	// follows what others find). It is called by a worker of the
+	// schedule, and must not block.
+	ShouldProbe() bool
+	// Probed is told that a probe this process made ended with err (nil:
+	// it passed), once the instance's state has taken it in.
+	Probed(err error)
+}
+
+type sharingBox struct{ s Sharing }
+
+// Share makes s decide, from the next round on, whether the monitor
+// probes; nil makes it probe every round (the default).
+func (m *Monitor) Share(s Sharing) {
+	if s == nil {
+		m.sharing.Store(nil)
+		return
+	}
+	m.sharing.Store(&sharingBox{s})
+}
+
+// probesSent counts the probes this process has sent.
+var probesSent atomic.Uint64
+
+// ProbesSent returns the number of health probes this process has sent.
+func ProbesSent() uint64 { return probesSent.Load() }
+
+// NodeHeader is the header a probe names the load balancer that sends it
+// in (Spec.Node), so that a backend can tell the nodes of a fleet apart.
+const NodeHeader = "X-Lb-Node"
 
 // probers returns the monitor's probers.
 func (m *Monitor) probers() []prober {

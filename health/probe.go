@@ -48,6 +48,9 @@ type Spec struct {
 	// SERVING. Method, Headers, Status and Body do not apply.
 	GRPC        bool
 	GRPCService string
+	// Node names this load balancer in its fleet: sent as NodeHeader with
+	// every probe ("" for none).
+	Node string
 }
 
 // DialFunc dials instances, as net.Dialer.DialContext.
@@ -332,6 +335,9 @@ func (p *Prober) request(spec *Spec) []byte {
 		for _, v := range headers[name] {
 			fmt.Fprintf(&b, "%s: %s\r\n", name, strings.TrimSpace(v))
 		}
+	}
+	if spec.Node != "" {
+		fmt.Fprintf(&b, "%s: %s\r\n", NodeHeader, spec.Node)
 	}
 	b.WriteString("\r\n")
 	p.reqSpec, p.req, p.method = spec, []byte(b.String()), method

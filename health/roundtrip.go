@@ -101,6 +101,9 @@ func (p *rtProber) probeHTTP(ctx context.Context, spec *Spec, b *buffers) error 
 		}
 		req.Header[name] = values
 	}
+	if spec.Node != "" {
+		req.Header[NodeHeader] = []string{spec.Node}
+	}
 	resp, err := p.roundTrip(req)
 	if err != nil {
 		return err
@@ -136,6 +139,9 @@ func (p *rtProber) probeGRPC(ctx context.Context, spec *Spec, b *buffers) error 
 	req.Header["Content-Type"] = []string{"application/grpc"}
 	req.Header["Te"] = []string{"trailers"}
 	req.Header["User-Agent"] = []string{"caddy-lb-health"}
+	if spec.Node != "" {
+		req.Header[NodeHeader] = []string{spec.Node}
+	}
 	resp, err := p.roundTrip(req)
 	if err != nil {
 		return err

@@ -31,6 +31,10 @@ const Path = "/api/v1/loadBalancers/report"
 type Report struct {
 	Apps []App `json:"apps"`
 
+	// Fleet is the fleet this process shares health checks with; absent
+	// without one.
+	Fleet *Fleet `json:"fleet,omitempty"`
+
 	// DrainAvailable says that whoever serves this document also takes
 	// drain and undrain requests for the instances it lists. Current
 	// leaves it false; the dashboard's report.json sets it when its
@@ -126,6 +130,27 @@ type Instance struct {
 	// LatencyP99Ms is the 99th percentile of the time to the response
 	// headers over the last minute, in milliseconds.
 	LatencyP99Ms *float64 `json:"latency_p99_ms,omitempty"`
+
+	// Fleet says who checks the instance, in a fleet that shares health
+	// checks; absent without one.
+	Fleet *InstanceFleet `json:"fleet,omitempty"`
+}
+
+// InstanceFleet is an instance's checks in a fleet.
+type InstanceFleet struct {
+	// Probers are the members that probe the instance, best first;
+	// Prober says this node is one of them.
+	Probers []string `json:"probers"`
+	Prober  bool     `json:"prober"`
+	// ProbedHere: this node probes the instance now, as one of its
+	// probers, or because no verdict of theirs is fresh (or etcd cannot
+	// be reached). Otherwise it follows the verdict of VerdictBy,
+	// written at VerdictAt (by the prober's clock), whom it last heard
+	// from at Confirmed.
+	ProbedHere bool       `json:"probed_here"`
+	VerdictBy  string     `json:"verdict_by,omitempty"`
+	VerdictAt  *time.Time `json:"verdict_at,omitempty"`
+	Confirmed  *time.Time `json:"confirmed,omitempty"`
 }
 
 // Source is a live load balancer: it describes its apps, and drains their
@@ -184,6 +209,7 @@ func Current() Report {
 	for _, src := range Running() {
 		rep.Apps = append(rep.Apps, src.ReportApps()...)
 	}
+	rep.Fleet = currentFleet()
 	return rep
 }
 
@@ -293,3 +319,65 @@ func serveReport(w http.ResponseWriter, r *http.Request) error {
 var (
 	_ caddy.AdminRouter = (*Admin)(nil)
 )
+
+// Fleet is the fleet that shares health checks with this process, as this
+// process sees it (see package fleet).
+type Fleet struct {
+	// Node is this process's name in the fleet; Prefix the fleet's key
+	// prefix in etcd.
+	Node   string `json:"node"`
+	Prefix string `json:"prefix"`
+	// State is "joined", or why this node is not a member now (etcd
+	// unreachable, its name held by another process...): it then probes
+	// every instance itself.
+	State string `json:"state"`
+	// Members are the live members, sorted; Probers how many of them
+	// probe each instance.
+	Members []string `json:"members"`
+	Probers int      `json:"probers"`
+	// Instances is the number of instances this node checks with the
+	// fleet, ProbedHere how many of them it probes now, and Share their
+	// ratio.
+	Instances  int     `json:"instances"`
+	ProbedHere int     `json:"probed_here"`
+	Share      float64 `json:"share"`
+}
+
+type fleetEntry struct {
+	config <-chan struct{}
+	report func() Fleet
+}
+
+var fleets []*fleetEntry // under mu
+
+// RegisterFleet adds the fleet of the config whose context is ctx to the
+// report, described by f, and returns the function that removes it.
+func RegisterFleet(ctx context.Context, f func() Fleet) (unregister func()) {
+	e := &fleetEntry{config: ctx.Done(), report: f}
+	mu.Lock()
+	fleets = append(fleets, e)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		fleets = slices.DeleteFunc(fleets, func(x *fleetEntry) bool { return x == e })
+	}
+}
+
+// currentFleet returns the fleet of the running config, if it has one.
+func currentFleet() *Fleet {
+	running := running.Config()
+	mu.Lock()
+	var f func() Fleet
+	for _, e := range fleets {
+		if e.config == running {
+			f = e.report
+		}
+	}
+	mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	rep := f()
+	return &rep
+}

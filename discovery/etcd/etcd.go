@@ -14,7 +14,6 @@
 package etcd
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -27,10 +26,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/golb/caddy-lb/discovery"
-	"github.com/golb/caddy-lb/internal/tlsopt"
+	"github.com/golb/caddy-lb/internal/etcdclient"
 )
 
 func init() {
@@ -38,7 +36,7 @@ func init() {
 }
 
 // DefaultDialTimeout is the default of dial_timeout.
-const DefaultDialTimeout = 2 * time.Second
+const DefaultDialTimeout = etcdclient.DefaultDialTimeout
 
 // ErrBadPrefix is a prefix the source cannot watch.
 var ErrBadPrefix = errors.New("bad prefix")
@@ -49,21 +47,9 @@ type Source struct {
 	// "/services/api/". Required.
 	Prefix string `json:"prefix,omitempty"`
 
-	// The etcd members' client URLs, such as "http://127.0.0.1:2379".
-	// The client moves to another member when one fails. Default:
-	// http://127.0.0.1:2379.
-	Endpoints []string `json:"endpoints,omitempty"`
-
-	// How long connecting to a member may take. Default: 2s.
-	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
-
-	// Credentials of etcd's authentication, if it is on.
-	Username string `json:"username,omitempty"`
-	Password string `json:"password,omitempty"`
-
-	// TLS to the members, as Caddy's HTTP transport takes it (client
-	// certificates, trusted CAs, server name). Endpoints then use https.
-	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
+	// How to reach the etcd cluster: endpoints, dial_timeout, username,
+	// password, tls.
+	etcdclient.Config
 
 	client  *clientv3.Client
 	logger  *zap.Logger
@@ -94,45 +80,11 @@ func (s *Source) Provision(ctx caddy.Context) error {
 	if s.Prefix == "" || strings.TrimSpace(s.Prefix) != s.Prefix {
 		return fmt.Errorf("%w %q: want a key prefix such as /services/api/", ErrBadPrefix, s.Prefix)
 	}
-	if len(s.Endpoints) == 0 {
-		s.Endpoints = []string{"http://127.0.0.1:2379"}
-	}
-	timeout := time.Duration(s.DialTimeout)
-	if timeout == 0 {
-		timeout = DefaultDialTimeout
-	}
-	if timeout < 0 {
-		return fmt.Errorf("dial_timeout: must not be negative, got %v", timeout)
-	}
-	s.timeout = timeout
-	var tlsConfig *tls.Config
-	if s.TLS != nil {
-		var err error
-		if tlsConfig, err = s.TLS.MakeTLSClientConfig(ctx); err != nil {
-			return fmt.Errorf("tls: %v", err)
-		}
-	}
-	for _, e := range s.Endpoints {
-		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
-			return fmt.Errorf("endpoint %q: want a client URL such as http://127.0.0.1:2379", e)
-		}
-	}
-	// The client logs through Caddy's logger, warnings and up: it retries
-	// on its own and says so at info on every attempt.
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:            s.Endpoints,
-		DialTimeout:          timeout,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: timeout,
-		Username:             s.Username,
-		Password:             s.Password,
-		TLS:                  tlsConfig,
-		Logger:               s.logger.Named("client").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel)),
-		Context:              ctx,
-	})
+	client, err := s.Config.New(ctx, s.logger, nil)
 	if err != nil {
-		return fmt.Errorf("etcd client: %v", err)
+		return err
 	}
+	s.timeout = s.Timeout()
 	s.client = client
 	s.first = make(chan struct{})
 	return nil
@@ -206,36 +158,12 @@ func (s *Source) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		opt := d.Val()
-		switch opt {
-		case "endpoints":
-			s.Endpoints = append(s.Endpoints, d.RemainingArgs()...)
-			if len(s.Endpoints) == 0 {
-				return d.ArgErr()
-			}
-		case "dial_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("bad duration value %q: %v", d.Val(), err)
-			}
-			s.DialTimeout = caddy.Duration(dur)
-		case "username", "password":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if opt == "username" {
-				s.Username = d.Val()
-			} else {
-				s.Password = d.Val()
-			}
-		case "tls_client_auth", "tls_trust_pool", "tls_insecure_skip_verify", "tls_server_name":
-			if err := tlsopt.Set(&s.TLS, opt, d.RemainingArgs()); err != nil {
-				return d.Errf("%v", err)
-			}
-		default:
-			return d.Errf("unrecognized etcd option %q (want endpoints, dial_timeout, username, password or tls_*)", opt)
+		ok, err := s.Config.UnmarshalOption(d, opt)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("unrecognized etcd option %q (want %s)", opt, etcdclient.Options)
 		}
 		if d.NextArg() {
 			return d.Errf("%s: too many arguments", opt)
