@@ -223,6 +223,7 @@ type dashView struct {
 	Refreshed string
 	Status    string // refresh errors
 	Action    string // drain errors
+	Fleet     string // the fleet line of the header
 }
 
 // readDashboard reads the page's content from the DOM.
@@ -232,7 +233,8 @@ func (b *browser) readDashboard() dashView {
 	b.eval(`
 		const text = (e) => e ? e.textContent.trim() : "";
 		const v = {Apps: [], Rows: [], Refreshed: text(document.getElementById("refreshed")),
-			Status: text(document.getElementById("status")), Action: text(document.getElementById("action"))};
+			Status: text(document.getElementById("status")), Action: text(document.getElementById("action")),
+			Fleet: text(document.getElementById("fleet"))};
 		for (const sec of document.querySelectorAll("section")) {
 			v.Apps.push(text(sec.querySelector("h2")));
 			for (const tr of sec.querySelectorAll("tbody tr")) {
@@ -451,3 +453,83 @@ const dashStandInReport = `{"drain_available": true, "apps": [{"host": "static.e
 		 "request_rate": 12.5, "error_rate": 0.01, "latency_p50_ms": 3.5, "latency_p99_ms": 120.4},
 		{"url": "http://ejected.test", "healthy": false, "state": "ejected", "request_rate": 0, "error_rate": 0.25},
 		{"url": "http://starting.test", "healthy": true, "state": "starting"}]}]}`
+
+// TestDashboardFleetInBrowser: with a fleet (this process's Caddy and
+// another Caddy process on a real etcd, one prober per instance), the page
+// shows the fleet in its header and, per instance, whether this node
+// probes it or whose verdict it follows.
+func TestDashboardFleetInBrowser(t *testing.T) {
+	br := startBrowser(t)
+	cluster := newEtcdCluster(t, 1)
+	b := newFleetBackend(t)
+	var urls []string
+	for i := range 8 {
+		urls = append(urls, b.instanceURL(fmt.Sprintf("i%d", i)))
+	}
+	fleetOption := fmt.Sprintf(`
+	load_balancer_fleet {
+		endpoints %s
+		prefix /lbtest/dashboard/
+		node %%s
+		probers 1
+		lease_ttl 2s
+		heartbeat 100ms
+	}`, cluster.endpoints()[0])
+	site := fmt.Sprintf(`
+	load_balancer {
+		app fleet.example.com {
+			health_uri /health
+			health_check_cooldown 200ms
+			instances %s
+		}
+	}`, strings.Join(urls, " "))
+	s := newSite(t)
+	s.global = fmt.Sprintf(fleetOption, "here")
+	s.load(":{port} {\n\thandle /lb/* {\n\t\tload_balancer_dashboard\n\t}" + site + "\n}")
+	startNode(t, "there", fmt.Sprintf("{\n\tadmin {admin}\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\nhttp://:{port} {%s\n}", fmt.Sprintf(fleetOption, "there"), site))
+
+	// followed is an instance this node follows there's verdicts for,
+	// probed is one it probes.
+	var followed, probed string
+	waitFor(t, "this node following there's verdicts for some instances and probing the others", func() bool {
+		rep := fetchReport(t)
+		if rep.Fleet == nil || len(rep.Fleet.Members) != 2 || len(rep.Apps) != 1 {
+			return false
+		}
+		followed, probed = "", ""
+		for _, in := range rep.Apps[0].Instances {
+			switch f := in.Fleet; {
+			case f == nil:
+				return false
+			case f.VerdictBy == "there" && !f.ProbedHere:
+				followed = in.URL
+			case f.Prober && f.ProbedHere:
+				probed = in.URL
+			}
+		}
+		return followed != "" && probed != ""
+	})
+	rep := fetchReport(t)
+	br.navigate(s.url("/lb/"))
+	var v dashView
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the page showed: %+v", v)
+			br.screenshot(filepath.Join(artifactsDir(t), "dashboard-fleet-failed.png"))
+		}
+	})
+	var want string
+	waitFor(t, "the page to show the fleet as the report does", func() bool {
+		v = br.readDashboard()
+		rep = fetchReport(t)
+		want = fmt.Sprintf("Fleet: node here of here, there · probing %d of 8 instances here", rep.Fleet.ProbedHere)
+		return len(v.Rows) == 8 && v.Fleet == want
+	})
+	if r, _ := v.row(followed); !strings.HasSuffix(r.Cells[9], "by there (probers there)") {
+		t.Errorf("the last check of an instance followed: %q, want it to name there", r.Cells[9])
+	}
+	if r, _ := v.row(probed); !strings.HasSuffix(r.Cells[9], "here, a prober (here)") {
+		t.Errorf("the last check of an instance probed here: %q, want it to say so", r.Cells[9])
+	}
+	br.screenshot(filepath.Join(artifactsDir(t), "dashboard-fleet.png"))
+}

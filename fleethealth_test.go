@@ -383,3 +383,147 @@ http://:{port} {
 	b.resetProbes()
 	probedOnlyBy("shared probing after etcd came back", back)
 }
+
+// TestFleetInProcess: the fleet as one of its members sees it, in this
+// process's Caddy: events and log lines when a member comes and goes, the
+// report's fleet section and the fleet metrics.
+func TestFleetInProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and a Caddy process")
+	}
+	cluster := newEtcdCluster(t, 1)
+	b := newFleetBackend(t)
+	urls := []string{b.instanceURL("a"), b.instanceURL("b"), b.instanceURL("c")}
+	fleetOption := fmt.Sprintf(`
+	load_balancer_fleet {
+		endpoints %s
+		prefix /lbtest/inprocess/
+		node %%s
+		lease_ttl 2s
+		heartbeat 100ms
+	}`, cluster.endpoints()[0])
+	site := fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app ip.test {
+			health_uri /health
+			health_check_cooldown 200ms
+			instances %s
+		}
+	}
+}`, strings.Join(urls, " "))
+
+	s := newSite(t)
+	events, global := newEventLog(t, "load_balancer.fleet_member_joined", "load_balancer.fleet_member_left")
+	s.global = fmt.Sprintf(fleetOption, "here") + global
+	s.load(site)
+	waitFor(t, "this node joined", func() bool {
+		rep := fetchReport(t)
+		return rep.Fleet != nil && rep.Fleet.State == "joined" && slices.Equal(rep.Fleet.Members, []string{"here"})
+	})
+	// Alone, it probes everything.
+	waitFor(t, "every instance probed here", func() bool {
+		for _, u := range urls {
+			if in := instanceOf(t, fetchReport(t), "ip.test", u); in.Fleet == nil || !in.Fleet.ProbedHere || !in.Fleet.Prober {
+				return false
+			}
+		}
+		return true
+	})
+
+	there := startNode(t, "there", fmt.Sprintf("{\n\tadmin {admin}\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n%s\n}\n%s", fmt.Sprintf(fleetOption, "there"), site))
+	e := events.nextEvent(t)
+	if e.Name() != "load_balancer.fleet_member_joined" || e.Data["member"] != "there" || e.Data["node"] != "here" {
+		t.Errorf("event %s %v, want load_balancer.fleet_member_joined of there, seen by here", e.Name(), e.Data)
+	}
+	waitFor(t, "both members in the report", func() bool {
+		rep := fetchReport(t)
+		return rep.Fleet != nil && slices.Equal(rep.Fleet.Members, []string{"here", "there"}) && rep.Fleet.Instances == 3
+	})
+	rep := fetchReport(t)
+	if f := rep.Fleet; f.Node != "here" || f.Probers != 2 || f.Prefix != "/lbtest/inprocess/" {
+		t.Errorf("report's fleet: %+v", *f)
+	}
+	// Two members, two probers: both probe everything, each from its own
+	// name.
+	b.resetProbes()
+	waitFor(t, "probes from both nodes", func() bool {
+		for _, inst := range []string{"a", "b", "c"} {
+			if p := b.probers(inst); p["here"] == 0 || p["there"] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	metrics := map[string]float64{}
+	for _, m := range scrape(t) {
+		metrics[m.name] = m.value
+	}
+	if metrics["caddy_load_balancer_fleet_members"] != 2 || metrics["caddy_load_balancer_fleet_instances"] != 3 ||
+		metrics["caddy_load_balancer_fleet_joined"] != 1 || metrics["caddy_load_balancer_probes_sent_total"] == 0 ||
+		metrics["caddy_load_balancer_fleet_verdicts_written_total"] == 0 {
+		t.Errorf("fleet metrics: %v", metrics)
+	}
+	waitFor(t, "the other node's verdicts read", func() bool {
+		for _, m := range scrape(t) {
+			if m.name == "caddy_load_balancer_fleet_verdicts_received_total" && m.value > 0 {
+				return true
+			}
+		}
+		return false
+	})
+
+	there.kill()
+	e = events.nextEvent(t)
+	if e.Name() != "load_balancer.fleet_member_left" || e.Data["member"] != "there" {
+		t.Errorf("event %s %v, want load_balancer.fleet_member_left of there", e.Name(), e.Data)
+	}
+	lines := logLines(t, s, func(l map[string]any) bool {
+		return l["msg"] == "fleet member joined" || l["msg"] == "fleet member left"
+	})
+	if len(lines) != 2 {
+		t.Errorf("log lines of membership changes: %v, want one joined and one left", lines)
+	}
+}
+
+// TestFleetConfigErrors: a fleet config that cannot work is refused, with
+// the option named, at adapt time for the Caddyfile and at load for JSON;
+// the running config keeps serving.
+func TestFleetConfigErrors(t *testing.T) {
+	b := newBackend(t, "b")
+	s := newSite(t)
+	good := fmt.Sprintf("http://:{port} {\n\tload_balancer %s\n}", b.URL)
+	s.load(good)
+	for _, tt := range []struct{ option, want string }{
+		{"probers 17", "load_balancer_fleet: probers: invalid fleet option: want an integer from 0 to 16, got 17"},
+		{"probers two", `probers: want an integer, got "two"`},
+		{"lease_ttl 1500ms", "load_balancer_fleet: lease_ttl: invalid fleet option: want whole seconds, at least 2s"},
+		{"heartbeat 10s", "load_balancer_fleet: heartbeat: invalid fleet option: must be shorter than lease_ttl"},
+		{"node a/b", `load_balancer_fleet: node: invalid fleet option: want letters, digits and .-_: only, got "a/b"`},
+		{"prefix fleet/", "load_balancer_fleet: prefix: invalid fleet option"},
+		{"endpoints 127.0.0.1:2379", ""}, // refused at load: the client's URL check
+		{"color blue", `unrecognized load_balancer_fleet option "color"`},
+	} {
+		s.global = "\tload_balancer_fleet {\n\t\t" + tt.option + "\n\t}"
+		err := s.tryLoadErr(good)
+		if err == nil {
+			t.Errorf("%s: loaded", tt.option)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want it to say %q", tt.option, err, tt.want)
+		}
+	}
+	s.global = ""
+	if status, body := s.get("", "/"); status != 200 || body != "b" {
+		t.Errorf("the running config after the refusals: %d %q", status, body)
+	}
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q},"apps":{"load_balancer_fleet":{"probers":-1},"http":{"servers":{"s":{"listen":["127.0.0.1:%d"],"routes":[{"handle":[{"handler":"load_balancer","apps":[{"instances":[{"url":%q}]}]}]}]}}}}}`,
+		adminAddr, s.port, b.URL)
+	if err := caddyLoad([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "load_balancer_fleet: probers: invalid fleet option: want an integer from 0 to 16, got -1") {
+		t.Errorf("JSON with probers -1: %v", err)
+	}
+	if status, body := s.get("", "/"); status != 200 || body != "b" {
+		t.Errorf("the running config after the JSON refusal: %d %q", status, body)
+	}
+}

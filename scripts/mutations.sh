@@ -44,6 +44,11 @@ mutations=(
 	relay.go 'if every := at.app.flush; every > 0 && !stream {' 'if every := at.app.flush; false && every > 0 {' . '^TestFlushInterval$'
 	instances.go 't.in.StartSlowStart(now)' '_ = t' . '^TestSlowStartOfAddedInstances$'
 	dynamic.go 'if added && first {' 'if false && added && first {' . '^TestSlowStartOfAddedInstances$'
+	fleet/view.go '|| now-max(m.beat, vd.received) > window' '' ./fleet '^TestDecide$'
+	fleet/view.go 'if !vd.Healthy {' 'if false {' ./fleet '^TestDecide$'
+	fleet/entry.go 'write := e.prober &&' 'write := false &&' . '^TestFleetHealth$'
+	health/monitor.go 'if sh != nil && !sh.s.ShouldProbe() {' 'if sh != nil && !sh.s.ShouldProbe() && false {' . '^TestFleetHealth$'
+	backend/state.go 'return f&(down|flagDraining) == 0' 'return f&(flagUnhealthy|flagDraining) == 0' ./backend '^TestVerdicts$'
 )
 
 selected=" $* "
