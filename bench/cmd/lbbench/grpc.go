@@ -21,11 +21,14 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 )
 
-// grpcCases are what the gRPC client is pointed at.
-var grpcCases = []benchCase{
+// allGRPCCases are what the gRPC client can be pointed at, in the order
+// they run in each round.
+var allGRPCCases = []benchCase{
 	{"direct", "direct (one backend)"},
 	{"rp", "reverse_proxy h2c round_robin"},
 	{"lb", "load_balancer h2c round_robin"},
+	{peerHAProxy, "HAProxy h2c roundrobin (1 thread)"},
+	{peerNginx, "nginx grpc_pass round robin (1 process)"},
 }
 
 // grpcResult is what one run of the gRPC client measured.
@@ -39,11 +42,24 @@ type grpcResult struct {
 
 func (r grpcResult) rate() float64 { return float64(r.Calls) / r.Seconds }
 
-// grpcBench measures unary gRPC calls with small messages through
-// load_balancer, through reverse_proxy (transport http, versions h2c) and
-// to one backend directly, interleaved over rounds: calls/s, p50, p99 and
-// Caddy's CPU per call. The client is this program in client mode
-// (runGRPCClient), pinned to the load generator's CPUs.
+// grpcSample is r as a sample of the throughput part's kind, so that the
+// same medians and ratios apply: calls as requests, the client's p50 and
+// p99, proxyCPU µs per call (NaN for direct). Failed calls are not in it.
+func grpcSample(key string, round int, r grpcResult, proxyCPU float64) sample {
+	return sample{workload: "grpc", caseKey: key, round: round, proxyCPU: proxyCPU, res: wrkResult{
+		Requests: r.Calls,
+		Duration: time.Duration(r.Seconds * float64(time.Second)),
+		P50:      time.Duration(r.P50ms * float64(time.Millisecond)),
+		P99:      time.Duration(r.P99ms * float64(time.Millisecond)),
+	}}
+}
+
+// grpcBench measures unary gRPC calls with small messages through the
+// -grpc-cases (load_balancer, reverse_proxy with h2c upstreams, HAProxy
+// and nginx, each h2c on both sides) and to one backend directly,
+// interleaved over rounds: calls/s, p50, p99 and the proxy's CPU per call.
+// The client is this program in client mode (runGRPCClient), pinned to the
+// load generator's CPUs.
 func (b *bench) grpcBench() error {
 	var backends []*proc
 	var ports []int
@@ -60,94 +76,121 @@ func (b *bench) grpcBench() error {
 		}
 		backends = append(backends, p)
 		ports = append(ports, port)
+		if err := waitTCP(p, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second); err != nil {
+			return err
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	type sample struct {
-		res grpcResult
-		cpu float64 // µs of Caddy CPU per call; NaN for direct
-	}
-	samples := map[string][]sample{}
+	var samples []sample
+	errs := map[string]int64{}
 	for r := 1; r <= b.opt.rounds; r++ {
-		for _, c := range grpcCases {
-			target := fmt.Sprintf("127.0.0.1:%d", ports[0])
-			var caddy *proc
-			if c.key != "direct" {
-				admin, err1 := freePort()
-				port, err2 := freePort()
-				if err1 != nil || err2 != nil {
-					return fmt.Errorf("no free port: %v %v", err1, err2)
-				}
-				config := grpcConfig(admin, port, ports, c.key == "rp")
-				target = fmt.Sprintf("127.0.0.1:%d", port)
-				if caddy, err = b.startCaddy(fmt.Sprintf("grpc-%s-r%d", c.key, r), config,
-					fmt.Sprintf("http://127.0.0.1:%d/config/", admin), ""); err != nil {
-					return err
-				}
-			}
-			run := func(d time.Duration) (grpcResult, error) {
-				return b.runGRPCClientProc(self, target, d, filepath.Join(b.out, "logs", fmt.Sprintf("grpc-client-%s-r%d.txt", c.key, r)))
-			}
-			if b.opt.warmup > 0 {
-				if _, err := run(b.opt.warmup); err != nil {
-					stop(caddy, 5*time.Second)
-					return err
-				}
-			}
-			var c0 int64
-			if caddy != nil {
-				c0, _ = cpuTicks(caddy.pid())
-			}
-			res, err := run(b.opt.duration)
+		for _, c := range b.opt.grpcCases {
+			s, failed, err := b.grpcMeasure(self, c, r, ports)
 			if err != nil {
-				stop(caddy, 5*time.Second)
-				return err
+				return fmt.Errorf("grpc, %s, round %d: %w", c.name, r, err)
 			}
-			s := sample{res: res, cpu: math.NaN()}
-			if caddy != nil {
-				c1, err := cpuTicks(caddy.pid())
-				if err != nil {
-					return fmt.Errorf("caddy exited during the run? %v", err)
-				}
-				s.cpu = b.perRequest(c1-c0, res.Calls)
-				stop(caddy, 5*time.Second)
-			}
-			samples[c.key] = append(samples[c.key], s)
-			progress("grpc     round %d/%d  %-33s %8.0f calls/s  p50 %6.3f ms  p99 %6.3f ms  errors %d  Caddy CPU %.1f µs/call",
-				r, b.opt.rounds, c.name, res.rate(), res.P50ms, res.P99ms, res.Errors, s.cpu)
+			samples = append(samples, s)
+			errs[c.key] += failed
+			progress("grpc     round %d/%d  %-40s %8.0f calls/s  p50 %6.3f ms  p99 %6.3f ms  errors %d  proxy CPU %s µs/call",
+				r, b.opt.rounds, c.name, s.rps(), s.p50(), s.p99(), failed, fmtNum(s.proxyCPU, "%.1f"))
 		}
 	}
-
-	b.printf("## gRPC\n\nUnary calls (grpc-go's interop TestService UnaryCall, 16-byte payloads) from one Go client of %d connections and %d calls in flight, "+
-		"to three grpc-go backends over h2c; Caddy's front is h2c too. %d round(s) × %v, cases interleaved; medians, and medians of the per-round ratios.\n\n",
-		grpcConns, grpcConcurrency, b.opt.rounds, b.opt.duration)
-	b.printf("| case | calls/s | p50 ms | p99 ms | errors | Caddy CPU µs/call | calls/s × rp | p99 × rp | CPU × rp |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	med := func(xs []float64) float64 {
-		slices.Sort(xs)
-		if len(xs) == 0 {
-			return math.NaN()
-		}
-		return xs[len(xs)/2]
-	}
-	for _, c := range grpcCases {
-		var rate, p50, p99, cpu, rRate, rP99, rCPU []float64
-		var errs int64
-		for i, s := range samples[c.key] {
-			rp := samples["rp"][i]
-			rate, p50, p99, cpu = append(rate, s.res.rate()), append(p50, s.res.P50ms), append(p99, s.res.P99ms), append(cpu, s.cpu)
-			rRate, rP99, rCPU = append(rRate, s.res.rate()/rp.res.rate()), append(rP99, s.res.P99ms/rp.res.P99ms), append(rCPU, s.cpu/rp.cpu)
-			errs += s.res.Errors
-		}
-		cpuCell, rCPUCell := "–", "–"
-		if c.key != "direct" {
-			cpuCell, rCPUCell = f1(med(cpu)), f2(med(rCPU))
-		}
-		b.printf("| %s | %.0f | %.3f | %.3f | %d | %s | %.2f | %.2f | %s |\n", c.name, med(rate), med(p50), med(p99), errs, cpuCell, med(rRate), med(rP99), rCPUCell)
-	}
-	b.printf("\n")
+	b.printf("%s", grpcTable(b.opt, samples, errs))
 	return nil
+}
+
+// grpcMeasure runs one case of the gRPC part: its proxy started afresh
+// (none for direct), a warm-up, the measured run with the proxy's CPU time
+// read around it. It returns the sample and the calls that failed.
+func (b *bench) grpcMeasure(self string, c benchCase, r int, ports []int) (sample, int64, error) {
+	target := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	var proxy *proc
+	if c.key != "direct" {
+		port, err := freePort()
+		if err != nil {
+			return sample{}, 0, err
+		}
+		target = fmt.Sprintf("127.0.0.1:%d", port)
+		name := fmt.Sprintf("grpc-%s-r%d", c.key, r)
+		ready := func(p *proc) error { return waitTCP(p, target, 30*time.Second) }
+		switch c.key {
+		case peerHAProxy:
+			proxy, err = b.startPeer(c.key, name, haproxyConfig(port, ports, true), ready)
+		case peerNginx:
+			proxy, err = b.startPeer(c.key, name, nginxConfig(nginxSetup{Dir: b.nginxDir(name), ErrorLog: b.peerLog(c.key, name),
+				Port: port, Backends: ports, GRPC: true}), ready)
+		default:
+			var admin int
+			if admin, err = freePort(); err != nil {
+				return sample{}, 0, err
+			}
+			proxy, err = b.startCaddy(name, grpcConfig(admin, port, ports, c.key == "rp"),
+				fmt.Sprintf("http://127.0.0.1:%d/config/", admin), "")
+		}
+		if err != nil {
+			return sample{}, 0, err
+		}
+		defer stop(proxy, 5*time.Second)
+	}
+	logPath := filepath.Join(b.out, "logs", fmt.Sprintf("grpc-client-%s-r%d.txt", c.key, r))
+	if b.opt.warmup > 0 {
+		if _, err := b.runGRPCClientProc(self, target, b.opt.warmup, logPath); err != nil {
+			return sample{}, 0, err
+		}
+	}
+	var c0 int64
+	if proxy != nil {
+		c0, _ = cpuTicks(proxy.pid())
+	}
+	res, err := b.runGRPCClientProc(self, target, b.opt.duration, logPath)
+	if err != nil {
+		return sample{}, 0, err
+	}
+	cpu := math.NaN()
+	if proxy != nil {
+		c1, err := cpuTicks(proxy.pid())
+		if err != nil {
+			return sample{}, 0, fmt.Errorf("%s exited during the run? %v", proxy.name, err)
+		}
+		cpu = b.perRequest(c1-c0, res.Calls)
+	}
+	return grpcSample(c.key, r, res, cpu), res.Errors, nil
+}
+
+// grpcTable is the gRPC part's table: medians over rounds, and medians of
+// the per-round ratios to reverse_proxy and to the best peer of the round.
+func grpcTable(opt options, samples []sample, errs map[string]int64) string {
+	idx := byCase(samples)
+	var s strings.Builder
+	fmt.Fprintf(&s, "## gRPC\n\nUnary calls (grpc-go's interop TestService UnaryCall, 16-byte payloads) from one Go client of %d connections and %d calls in flight, "+
+		"to three grpc-go backends over h2c; every proxy's front is h2c too. %d round(s) × %v, cases interleaved; medians, and medians of the per-round ratios "+
+		"(the best peer is whichever of HAProxy and nginx made the more calls per second in that round).\n\n",
+		grpcConns, grpcConcurrency, opt.rounds, opt.duration)
+	s.WriteString("| case | calls/s | p50 ms | p99 ms | errors | proxy CPU µs/call | calls/s × rp | p99 × rp | CPU × rp | calls/s × peer | p99 × peer | CPU × peer |\n")
+	s.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range opt.grpcCases {
+		rounds := idx[c.key]
+		fmt.Fprintf(&s, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.name,
+			fmtNum(medianOf(rounds, mRPS), "%.0f"),
+			fmtNum(medianOf(rounds, mP50), "%.3f"),
+			fmtNum(medianOf(rounds, mP99), "%.3f"),
+			errs[c.key],
+			fmtNum(medianOf(rounds, mCPU), "%.1f"),
+			fmtNum(ratio(idx, c.key, "rp", mRPS), "%.2f"),
+			fmtNum(ratio(idx, c.key, "rp", mP99), "%.2f"),
+			fmtNum(ratio(idx, c.key, "rp", mCPU), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mRPS), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mP99), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mCPU), "%.2f"))
+	}
+	s.WriteString("\n")
+	if peers := bestPeers(idx, opt.rounds); peers != "" {
+		fmt.Fprintf(&s, "Best peer (the base of × peer) by round: %s.\n\n", peers)
+	}
+	return s.String()
 }
 
 // grpcConfig is a Caddy config serving gRPC over h2c on port, proxying

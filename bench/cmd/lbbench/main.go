@@ -1,11 +1,13 @@
 // Command lbbench is the load benchmark of caddy-lb: throughput, latency and
-// CPU per request of Caddy's reverse_proxy and our load_balancer against
-// the same backends, Caddy's memory with and without load_balancer, and
+// CPU per request of Caddy's reverse_proxy, our load_balancer and two peers
+// (HAProxy and nginx) against the same backends, Caddy's memory with and without load_balancer, and
 // optionally the cost of health checking 10,000 instances, of discovering
 // 10,000 churning instances, and unary gRPC calls.
 //
 // Run it through bench/run.sh, which builds Caddy, the backend and this
-// program and installs wrk if it is missing; see bench/README.md.
+// program and installs wrk, HAProxy and nginx if they are missing and the
+// chosen parts need them (it asks this program with -needs); see
+// bench/README.md.
 package main
 
 import (
@@ -37,11 +39,67 @@ type benchCase struct {
 	key, name string
 }
 
+// allCases are the cases of the throughput part, in the order they run in
+// each round.
 var allCases = []benchCase{
 	{"direct", "direct (one backend)"},
 	{"rp", "reverse_proxy round_robin"},
 	{"lb_rr", "load_balancer round_robin"},
 	{"lb_lc", "load_balancer least_connections"},
+	{peerHAProxy, "HAProxy roundrobin (1 thread)"},
+	{peerNginx, "nginx round robin (1 process)"},
+	{"respond", "Caddy respond, no backend (a ceiling, not a proxy)"},
+}
+
+// defaultCases and defaultGRPCCases are the -cases and -grpc-cases
+// defaults: every case, so that each run has its peers.
+const (
+	defaultCases     = "direct,rp,lb_rr,lb_lc,haproxy,nginx,respond"
+	defaultGRPCCases = "direct,rp,lb,haproxy,nginx"
+)
+
+// selectCases returns the cases of list (comma-separated keys) from all,
+// in the order of all, or an error naming an unknown key.
+func selectCases(list string, all []benchCase) ([]benchCase, error) {
+	want := map[string]bool{}
+	for _, c := range strings.Split(list, ",") {
+		c = strings.TrimSpace(c)
+		if c == "" {
+			continue
+		}
+		found := false
+		for _, k := range all {
+			found = found || k.key == c
+		}
+		if !found {
+			var keys []string
+			for _, k := range all {
+				keys = append(keys, k.key)
+			}
+			return nil, fmt.Errorf("unknown case %q (%s)", c, strings.Join(keys, ", "))
+		}
+		want[c] = true
+	}
+	var out []benchCase
+	for _, k := range all {
+		if want[k.key] {
+			out = append(out, k)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no cases")
+	}
+	return out, nil
+}
+
+// hasCase reports whether cases holds key.
+func hasCase(cases []benchCase, key string) bool {
+	for _, c := range cases {
+		if c.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 type options struct {
@@ -50,6 +108,7 @@ type options struct {
 	warmup           time.Duration
 	workloads        []workload
 	cases            []benchCase
+	grpcCases        []benchCase
 	threads          int
 	connections      int
 	unpinned         bool
@@ -71,6 +130,9 @@ type options struct {
 	out              string
 	caddyBin         string
 	backendBin       string
+	haproxyBin       string // command or path of HAProxy
+	nginxBin         string // command or path of nginx
+	needs            bool   // only print the external commands needed, then exit
 	cmdline, gitDesc string
 }
 
@@ -99,6 +161,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "lbbench:", err)
 		os.Exit(2)
 	}
+	if opt.needs {
+		for _, n := range opt.neededTools() {
+			fmt.Println(n.command, n.pkg)
+		}
+		return
+	}
 	b := &bench{opt: opt, procs: newProcs(), clkTck: clockTicks()}
 	code := 0
 	if err := b.run(); err != nil {
@@ -119,7 +187,11 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of each case in each round (whole seconds)")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each measurement (0 for none)")
 	workloads := fs.String("workloads", "tiny,64k,sleep5ms", "workloads to run, comma-separated: tiny, 64k, sleep5ms (none: skip the throughput phase)")
-	cases := fs.String("cases", "direct,rp,lb_rr,lb_lc", "cases to run in each round: direct, rp (reverse_proxy), lb_rr, lb_lc")
+	cases := fs.String("cases", defaultCases, "cases of the throughput part, in each round: direct, rp (reverse_proxy), lb_rr, lb_lc, haproxy, nginx, respond (Caddy answering by itself)")
+	grpcCaseList := fs.String("grpc-cases", defaultGRPCCases, "cases of the -grpc part: direct, rp (reverse_proxy), lb (load_balancer), haproxy, nginx")
+	fs.StringVar(&o.haproxyBin, "haproxy", "haproxy", "HAProxy command (looked up on the PATH) or path")
+	fs.StringVar(&o.nginxBin, "nginx", "nginx", "nginx command (looked up on the PATH) or path")
+	fs.BoolVar(&o.needs, "needs", false, "print the external commands the chosen parts need, one \"command debian-package\" a line, and exit (used by run.sh)")
 	conns := &o.connections
 	fs.IntVar(conns, "connections", 64, "wrk connections for the tiny and 64k workloads (and the memory run)")
 	sleepConns := fs.Int("sleep-connections", 16, "wrk connections for the sleep5ms workload")
@@ -136,7 +208,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.healthSettle, "health-settle", 10*time.Second, "wait after Caddy starts before measuring, for -health10k")
 	fs.DurationVar(&o.healthDuration, "health-duration", 30*time.Second, "measured time of each -health10k config")
 	fs.BoolVar(&o.dynamic10k, "dynamic10k", false, "also measure an app of many instances discovered through etcd, churning, against the same listed in the config")
-	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy (h2c) and direct")
+	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy, HAProxy and nginx (h2c) and direct")
 	fs.BoolVar(&o.overload, "overload", false, "also measure a saturated backend (cap 8, 5 ms) under 256 connections: reverse_proxy with max requests, load_balancer without limits and with max_requests and a queue")
 	fs.IntVar(&o.dynamicInstances, "dynamic-instances", 10000, "instances for -dynamic10k")
 	fs.IntVar(&o.dynamicChurn, "dynamic-churn", 100, "instances replaced every second for -dynamic10k")
@@ -182,17 +254,12 @@ func parseFlags(args []string) (options, error) {
 			}
 		}
 	}
-	for _, c := range strings.Split(*cases, ",") {
-		found := false
-		for _, k := range allCases {
-			if strings.TrimSpace(c) == k.key {
-				o.cases = append(o.cases, k)
-				found = true
-			}
-		}
-		if !found {
-			return o, fmt.Errorf("unknown case %q (direct, rp, lb_rr, lb_lc)", c)
-		}
+	var err error
+	if o.cases, err = selectCases(*cases, allCases); err != nil {
+		return o, fmt.Errorf("-cases: %w", err)
+	}
+	if o.grpcCases, err = selectCases(*grpcCaseList, allGRPCCases); err != nil {
+		return o, fmt.Errorf("-grpc-cases: %w", err)
 	}
 	n := runtime.NumCPU()
 	if !o.unpinned {
@@ -219,6 +286,32 @@ func parseFlags(args []string) (options, error) {
 		}
 	}
 	return o, nil
+}
+
+// A tool is an external command the benchmark runs and the Debian
+// package that has it.
+type tool struct{ command, pkg string }
+
+// neededTools are the external commands the chosen parts run (besides
+// taskset and getconf, which every part needs): wrk for every part with
+// HTTP/1.1 load, etcd for -dynamic10k, HAProxy and nginx when a chosen
+// part has their case.
+func (o options) neededTools() []tool {
+	var out []tool
+	http1 := len(o.workloads) > 0
+	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k {
+		out = append(out, tool{"wrk", "wrk"})
+	}
+	if o.dynamic10k {
+		out = append(out, tool{"etcd", "etcd-server"})
+	}
+	if (http1 && hasCase(o.cases, peerHAProxy)) || (o.grpc && hasCase(o.grpcCases, peerHAProxy)) {
+		out = append(out, tool{o.haproxyBin, "haproxy"})
+	}
+	if (http1 && hasCase(o.cases, peerNginx)) || (o.grpc && hasCase(o.grpcCases, peerNginx)) {
+		out = append(out, tool{o.nginxBin, "nginx-light"})
+	}
+	return out
 }
 
 func cpuRange(a, b int) string {
@@ -351,10 +444,11 @@ func (b *bench) header() string {
 	fmt.Fprintf(&s, "- machine: %d CPUs (%s), kernel %s, load average at start %s\n", ncpu, model,
 		strings.TrimSpace(readFile("/proc/sys/kernel/osrelease")), loadAvg())
 	fmt.Fprintf(&s, "- go: %s; caddy: %s; wrk: %s\n", runtime.Version(), firstLine(b.output(b.opt.caddyBin, "version")), wrkVersion())
+	fmt.Fprintf(&s, "- peers: %s; %s\n", b.opt.peerVersion(peerHAProxy), b.opt.peerVersion(peerNginx))
 	if b.opt.unpinned {
 		fmt.Fprintf(&s, "- pinning: none (unpinned); wrk threads %d\n", b.opt.threads)
 	} else {
-		fmt.Fprintf(&s, "- pinning: wrk on CPU %s (%d thread(s)); Caddy and backends on CPU %s\n", b.opt.genCPUs, b.opt.threads, b.opt.serverCPUs)
+		fmt.Fprintf(&s, "- pinning: wrk on CPU %s (%d thread(s)); Caddy (or the peer) and backends on CPU %s\n", b.opt.genCPUs, b.opt.threads, b.opt.serverCPUs)
 	}
 	gmp := "Go's default (CPUs it may run on)"
 	if b.opt.gomaxprocs > 0 {

@@ -33,7 +33,7 @@ var (
 	mRPS metric = sample.rps
 	mP50 metric = sample.p50
 	mP99 metric = sample.p99
-	mCPU metric = func(s sample) float64 { return s.caddyCPU }
+	mCPU metric = func(s sample) float64 { return s.proxyCPU }
 )
 
 // byCase indexes samples by case key, then round.
@@ -66,6 +66,53 @@ func ratio(idx map[string]map[int]sample, caseKey, base string, f metric) float6
 		}
 	}
 	return median(vs)
+}
+
+// bestPeer is the peer (of peerKeys) with the most requests per second in
+// round r, and false if no peer ran in that round. A tie goes to the first
+// of peerKeys.
+func bestPeer(idx map[string]map[int]sample, r int) (string, bool) {
+	best, found := "", false
+	for _, k := range peerKeys {
+		s, ok := idx[k][r]
+		if !ok {
+			continue
+		}
+		if !found || mRPS(s) > mRPS(idx[best][r]) {
+			best, found = k, true
+		}
+	}
+	return best, found
+}
+
+// peerRatio is the median over rounds of f(case) / f(best peer), the best
+// peer chosen per round by bestPeer (by requests per second, whatever f
+// is): the p99 ratio is to that peer's p99, the CPU ratio to its CPU. NaN
+// if no round has both.
+func peerRatio(idx map[string]map[int]sample, caseKey string, f metric) float64 {
+	var vs []float64
+	for r, s := range idx[caseKey] {
+		key, ok := bestPeer(idx, r)
+		if !ok {
+			continue
+		}
+		if b := idx[key][r]; f(b) > 0 {
+			vs = append(vs, f(s)/f(b))
+		}
+	}
+	return median(vs)
+}
+
+// bestPeers describes the best peer of each round ("r1 nginx, r2
+// haproxy"), or "" if no peer ran.
+func bestPeers(idx map[string]map[int]sample, rounds int) string {
+	var parts []string
+	for r := 1; r <= rounds; r++ {
+		if k, ok := bestPeer(idx, r); ok {
+			parts = append(parts, fmt.Sprintf("r%d %s", r, k))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func fmtNum(v float64, format string) string {
@@ -108,15 +155,15 @@ func throughputTable(wl workload, opt options, samples []sample) string {
 	idx := byCase(samples)
 	var s strings.Builder
 	fmt.Fprintf(&s, "### %s: %s (%d round(s) × %v)\n\n", wl.name, describe(wl), opt.rounds, opt.duration)
-	s.WriteString("| case | rps | p50 ms | p99 ms | errors (all rounds) | Caddy CPU µs/req | rps × rp | CPU × rp | p99 × rp | rps × direct | p99 × direct |\n")
-	s.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	s.WriteString("| case | rps | p50 ms | p99 ms | errors (all rounds) | proxy CPU µs/req | rps × rp | CPU × rp | p99 × rp | rps × direct | p99 × direct | rps × peer | CPU × peer | p99 × peer |\n")
+	s.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range opt.cases {
 		rounds := idx[c.key]
 		var errs int64
 		for _, smp := range rounds {
 			errs += smp.res.Errors()
 		}
-		fmt.Fprintf(&s, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", c.name,
+		fmt.Fprintf(&s, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name,
 			fmtNum(medianOf(rounds, mRPS), "%.0f"),
 			fmtNum(medianOf(rounds, mP50), "%.3f"),
 			fmtNum(medianOf(rounds, mP99), "%.3f"),
@@ -126,9 +173,15 @@ func throughputTable(wl workload, opt options, samples []sample) string {
 			fmtNum(ratio(idx, c.key, "rp", mCPU), "%.2f"),
 			fmtNum(ratio(idx, c.key, "rp", mP99), "%.2f"),
 			fmtNum(ratio(idx, c.key, "direct", mRPS), "%.2f"),
-			fmtNum(ratio(idx, c.key, "direct", mP99), "%.2f"))
+			fmtNum(ratio(idx, c.key, "direct", mP99), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mRPS), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mCPU), "%.2f"),
+			fmtNum(peerRatio(idx, c.key, mP99), "%.2f"))
 	}
 	s.WriteString("\n")
+	if peers := bestPeers(idx, opt.rounds); peers != "" {
+		fmt.Fprintf(&s, "Best peer (the base of × peer) by round: %s.\n\n", peers)
+	}
 
 	var lines []string
 	for _, t := range targets {

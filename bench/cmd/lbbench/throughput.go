@@ -18,9 +18,9 @@ type sample struct {
 	workload, caseKey string
 	round             int
 	res               wrkResult
-	caddyCPU          float64 // µs of Caddy CPU per request; NaN for direct
+	proxyCPU          float64 // µs of CPU of the proxy (Caddy or the peer) per request; NaN for direct
 	backendCPU        float64 // µs of CPU of all backends per request
-	caddyRSS          int64   // KiB, at the end of the measurement
+	proxyRSS          int64   // KiB, the proxy's, at the end of the measurement
 	split             string  // requests per backend, in %
 }
 
@@ -121,10 +121,13 @@ func (b *bench) throughput() error {
 	raw := csv.NewWriter(rawFile)
 	_ = raw.Write([]string{"workload", "case", "round", "rps", "requests", "duration_s", "p50_ms", "p90_ms", "p99_ms", "max_ms",
 		"errors", "err_connect", "err_read", "err_write", "err_timeout", "err_status",
-		"caddy_cpu_us_per_req", "backends_cpu_us_per_req", "caddy_rss_kib", "backend_split_pct"})
+		"proxy_cpu_us_per_req", "backends_cpu_us_per_req", "proxy_rss_kib", "backend_split_pct"})
 	raw.Flush()
 
-	b.printf("## Throughput\n\nMedians over rounds; ratios are medians of the per-round ratios (each case against the reverse_proxy or direct run of the same round). CPU is the Caddy process's user+system time over the measured window divided by the requests completed in it.\n\n")
+	b.printf("## Throughput\n\nMedians over rounds; ratios are medians of the per-round ratios (each case against the reverse_proxy, direct or best peer run of the same round; " +
+		"the best peer is whichever of HAProxy and nginx had the more requests per second in that round). " +
+		"CPU is the proxy process's user+system time (Caddy's, HAProxy's or nginx's) over the measured window divided by the requests completed in it. " +
+		"The respond case is Caddy answering by itself, without backends and without the sleep of sleep5ms: a ceiling, not a proxy.\n\n")
 	for _, wl := range b.opt.workloads {
 		loadBefore := loadAvg()
 		backends, ports, err := b.startBackends(3, wl.body, wl.sleep)
@@ -142,15 +145,15 @@ func (b *bench) throughput() error {
 				}
 				samples = append(samples, s)
 				cpu := "-"
-				if !math.IsNaN(s.caddyCPU) {
-					cpu = fmt.Sprintf("%.1f µs/req", s.caddyCPU)
+				if !math.IsNaN(s.proxyCPU) {
+					cpu = fmt.Sprintf("%.1f µs/req", s.proxyCPU)
 				}
-				progress("%-8s round %d/%d  %-33s %8.0f rps  p50 %6.3f ms  p99 %6.3f ms  errors %d  Caddy CPU %s  split %s",
+				progress("%-8s round %d/%d  %-33s %8.0f rps  p50 %6.3f ms  p99 %6.3f ms  errors %d  proxy CPU %s  split %s",
 					wl.name, r, b.opt.rounds, c.name, s.rps(), s.p50(), s.p99(), s.res.Errors(), cpu, s.split)
 				_ = raw.Write([]string{wl.name, c.key, strconv.Itoa(r), f1(s.rps()), strconv.FormatInt(s.res.Requests, 10),
 					f3(s.res.Duration.Seconds()), f3(s.p50()), f3(ms(s.res.P90)), f3(s.p99()), f3(ms(s.res.Max)),
 					strconv.FormatInt(s.res.Errors(), 10), i64(s.res.Connect), i64(s.res.Read), i64(s.res.Write), i64(s.res.Timeout), i64(s.res.Status),
-					f2(s.caddyCPU), f2(s.backendCPU), i64(s.caddyRSS), s.split})
+					f2(s.proxyCPU), f2(s.backendCPU), i64(s.proxyRSS), s.split})
 				raw.Flush()
 			}
 		}
@@ -167,34 +170,23 @@ func f2(v float64) string        { return strconv.FormatFloat(v, 'f', 2, 64) }
 func f3(v float64) string        { return strconv.FormatFloat(v, 'f', 3, 64) }
 func i64(v int64) string         { return strconv.FormatInt(v, 10) }
 
-// measure runs one case: Caddy started afresh on its config (none for
-// direct), a warm-up, then the measured wrk run with the CPU times of Caddy
-// and the backends read around it.
+// measure runs one case: its proxy started afresh on its config (none for
+// direct), a warm-up, then the measured wrk run with the CPU times of the
+// proxy and the backends read around it.
 func (b *bench) measure(wl workload, c benchCase, round int, backends []*proc, ports []int) (sample, error) {
-	s := sample{workload: wl.name, caseKey: c.key, round: round, caddyCPU: math.NaN()}
-	var caddy *proc
+	s := sample{workload: wl.name, caseKey: c.key, round: round, proxyCPU: math.NaN()}
+	var proxy *proc
 	url := fmt.Sprintf("http://127.0.0.1:%d/", ports[0])
 	if c.key != "direct" {
-		admin, err1 := freePort()
-		port, err2 := freePort()
-		if err1 != nil || err2 != nil {
-			return s, fmt.Errorf("no free port: %v %v", err1, err2)
-		}
-		var config string
-		switch c.key {
-		case "rp":
-			config = reverseProxyConfig(admin, port, ports)
-		case "lb_rr":
-			config = loadBalancerConfig(admin, port, ports, "round_robin")
-		case "lb_lc":
-			config = loadBalancerConfig(admin, port, ports, "least_connections")
-		}
-		url = fmt.Sprintf("http://127.0.0.1:%d/", port)
-		var err error
-		if caddy, err = b.startCaddy(fmt.Sprintf("%s-%s-r%d", wl.name, c.key, round), config, url, ""); err != nil {
+		port, err := freePort()
+		if err != nil {
 			return s, err
 		}
-		defer stop(caddy, 5*time.Second)
+		url = fmt.Sprintf("http://127.0.0.1:%d/", port)
+		if proxy, err = b.startFront(c.key, fmt.Sprintf("%s-%s-r%d", wl.name, c.key, round), wl, port, ports, url); err != nil {
+			return s, err
+		}
+		defer stop(proxy, 5*time.Second)
 	}
 	run := wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: wl.connections, url: url}
 	if b.opt.warmup > 0 {
@@ -207,9 +199,9 @@ func (b *bench) measure(wl workload, c benchCase, round int, backends []*proc, p
 	for i, p := range ports {
 		before[i], _, _ = backendStats(fmt.Sprintf("127.0.0.1:%d", p))
 	}
-	var caddy0 int64
-	if caddy != nil {
-		caddy0, _ = cpuTicks(caddy.pid())
+	var proxy0 int64
+	if proxy != nil {
+		proxy0, _ = cpuTicks(proxy.pid())
 	}
 	back0 := sumTicks(backends)
 
@@ -222,13 +214,13 @@ func (b *bench) measure(wl workload, c benchCase, round int, backends []*proc, p
 	}
 	back1 := sumTicks(backends)
 	s.res = res
-	if caddy != nil {
-		caddy1, err := cpuTicks(caddy.pid())
+	if proxy != nil {
+		proxy1, err := cpuTicks(proxy.pid())
 		if err != nil {
-			return s, fmt.Errorf("caddy exited during the run? %v", err)
+			return s, fmt.Errorf("%s exited during the run? %v", proxy.name, err)
 		}
-		s.caddyRSS, _ = rssKB(caddy.pid())
-		s.caddyCPU = b.perRequest(caddy1-caddy0, res.Requests)
+		s.proxyRSS, _ = rssKB(proxy.pid())
+		s.proxyCPU = b.perRequest(proxy1-proxy0, res.Requests)
 	}
 	s.backendCPU = b.perRequest(back1-back0, res.Requests)
 	var split []string
@@ -244,6 +236,40 @@ func (b *bench) measure(wl workload, c benchCase, round int, backends []*proc, p
 	}
 	s.split = strings.Join(split, "/")
 	return s, nil
+}
+
+// startFront starts the proxy of case key (every case but direct) for the
+// case run name, listening on 127.0.0.1:port in front of the backends on
+// ports, and waits until url answers through it. Each is one process whose
+// /proc times are all of its CPU: Caddy, HAProxy with one thread, nginx
+// without a master (see nginxConfig).
+func (b *bench) startFront(key, name string, wl workload, port int, ports []int, url string) (*proc, error) {
+	ready := func(p *proc) error { return waitHTTP(p, url, "", 30*time.Second) }
+	switch key {
+	case peerHAProxy:
+		return b.startPeer(key, name, haproxyConfig(port, ports, false), ready)
+	case peerNginx:
+		config := nginxConfig(nginxSetup{Dir: b.nginxDir(name), ErrorLog: b.peerLog(key, name), Port: port, Backends: ports})
+		return b.startPeer(key, name, config, ready)
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	var config string
+	switch key {
+	case "rp":
+		config = reverseProxyConfig(admin, port, ports)
+	case "lb_rr":
+		config = loadBalancerConfig(admin, port, ports, "round_robin")
+	case "lb_lc":
+		config = loadBalancerConfig(admin, port, ports, "least_connections")
+	case "respond":
+		config = respondConfig(admin, port, wl.body)
+	default:
+		return nil, fmt.Errorf("unknown case %q", key)
+	}
+	return b.startCaddy(name, config, url, "")
 }
 
 // perRequest converts CPU clock ticks over some requests to µs per request.
