@@ -62,6 +62,12 @@ func setOption(field reflect.Value, args []string) error {
 		}
 		v := Duration(d)
 		field.Set(reflect.ValueOf(&v))
+	case t == reflect.TypeFor[*RequestLimit]():
+		l, err := parseRequestLimit(arg)
+		if err != nil {
+			return err
+		}
+		field.Set(reflect.ValueOf(l))
 	case t.Kind() == reflect.String:
 		field.SetString(arg)
 	case t == reflect.TypeFor[*int](), t.Kind() == reflect.Int:

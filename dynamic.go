@@ -335,6 +335,7 @@ func (a *App) apply(set discovery.Set) {
 // now, and starts its health checks; added says it joins an app that
 // serves (slow start).
 func (a *App) start(t *target, now int64, added bool) {
+	a.applyLimit(t.in, now)
 	first := t.in.Configure(t.weight, &a.passive, now)
 	if added && first {
 		t.in.StartSlowStart(now)

@@ -215,6 +215,7 @@ func (a *App) adopt(now int64, logger *zap.Logger) {
 	serving := false // some instance of the app served before this config
 	for _, in := range a.pool.All() {
 		t := m.targets[in]
+		a.applyLimit(t.in, now)
 		if t.in.Configure(t.weight, &a.passive, now) {
 			added = append(added, t)
 		} else {

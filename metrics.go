@@ -37,6 +37,9 @@ var (
 	descWeight = prometheus.NewDesc(metricsPrefix+"instance_weight",
 		"The instance's weight; 0 means it takes no new requests.",
 		labelsInstance, nil)
+	descMaxRequests = prometheus.NewDesc(metricsPrefix+"instance_max_requests",
+		"The most requests the instance may serve at once now: max_requests (learnt, with max_requests auto), lower in slow start.",
+		labelsInstance, nil)
 	descRequests = prometheus.NewDesc(metricsPrefix+"requests_total",
 		"Requests sent to the instance, by the class of the status the client got (502, 504 and 499 when the instance failed them).",
 		append(slices.Clone(labelsInstance), "code_class"), nil)
@@ -72,7 +75,7 @@ var (
 	descRejected = prometheus.NewDesc(metricsPrefix+"rejected_total",
 		"Requests turned away with 503 because every instance was at max_requests (and the queue full, or the wait over).", labelsApp, nil)
 
-	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descRequests,
+	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descMaxRequests, descRequests,
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
 		descDynamicUpdates, descDynamicErrors, descDynamicInstances,
 		descQueueLength, descQueueWait, descRejected}
@@ -149,6 +152,7 @@ type instanceMetrics struct {
 	checked       bool // its app has active health checks
 	inFlight      int64
 	weight        int
+	maxRequests   int64 // -1: no limit
 	m             backend.Metrics
 }
 
@@ -176,7 +180,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				im := instanceMetrics{
 					app: k.app, instance: k.instance,
 					healthy: in.Healthy(), state: in.Status().State, checked: app.health != nil,
-					inFlight: in.InFlight(), weight: in.Weight(), m: in.Metrics(),
+					inFlight: in.InFlight(), weight: in.Weight(), maxRequests: -1, m: in.Metrics(),
+				}
+				if app.limits.on() {
+					im.maxRequests = in.Limit(app.limits.of(in))
 				}
 				if i, ok := index[k]; ok {
 					series[i].merge(&im)
@@ -207,7 +214,7 @@ func collectOverload(ch chan<- prometheus.Metric, handlers []*Handler) {
 	var apps []appOverload
 	for _, h := range handlers {
 		for _, app := range h.Apps {
-			if app.limits.limit == 0 {
+			if !app.limits.on() {
 				continue
 			}
 			o := appOverload{queued: app.queued(), rejected: app.overload.rejected.Load(), waits: app.overload.waits.Snapshot()}
@@ -304,6 +311,9 @@ func (im *instanceMetrics) collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descInFlight, float64(im.inFlight))
 	gauge(descWeight, float64(im.weight))
+	if im.maxRequests >= 0 {
+		gauge(descMaxRequests, float64(im.maxRequests))
+	}
 	for i, class := range backend.StatusClasses {
 		counter(descRequests, im.m.Responses[i], class)
 	}

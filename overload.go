@@ -29,8 +29,15 @@ type Overload struct {
 	// The most requests an instance serves at once; one at its limit is
 	// not picked by any strategy. Real requests only (not health checks);
 	// slow start scales it down with the weight. 0 to 1000000; 0 (the
-	// default): no limit.
-	MaxRequests *int `json:"max_requests,omitempty"`
+	// default): no limit. "auto": a limit per instance that follows its
+	// capacity, learnt from its answers and latencies (see
+	// backend/limit.go), within max_requests_min and max_requests_max.
+	MaxRequests *RequestLimit `json:"max_requests,omitempty"`
+
+	// The bounds of an automatic max_requests. Only with max_requests
+	// auto. Defaults: 1 and 1000.
+	MaxRequestsMin *int `json:"max_requests_min,omitempty"`
+	MaxRequestsMax *int `json:"max_requests_max,omitempty"`
 
 	// How many requests may wait, first in first out, when every available
 	// instance is at max_requests; a freed slot goes to the oldest. A
@@ -46,14 +53,34 @@ type Overload struct {
 
 // overloadSettings are an Overload, checked, with defaults.
 type overloadSettings struct {
-	limit        int // per instance; 0: none
-	queue        int // waiting requests; 0: none
-	queueTimeout time.Duration
+	limit            int  // per instance; 0: none (or auto)
+	auto             bool // max_requests auto
+	autoMin, autoMax int
+	queue            int // waiting requests; 0: none
+	queueTimeout     time.Duration
+}
+
+// on reports whether the instances have a limit, fixed or automatic.
+func (s *overloadSettings) on() bool { return s.limit > 0 || s.auto }
+
+// of returns the limit of in now (0: none), before slow start scales it.
+func (s *overloadSettings) of(in *backend.Instance) int {
+	if s.auto {
+		return in.AutoLimit()
+	}
+	return s.limit
 }
 
 func (o *Overload) compile() (s overloadSettings, err error) {
-	if s.limit, err = count(o.MaxRequests, 0, 0, MaxRequestLimit); err != nil {
-		return s, optionError("max_requests", err)
+	if o.MaxRequests != nil && o.MaxRequests.Auto {
+		s.auto = true
+	} else if o.MaxRequests != nil {
+		if s.limit, err = count(&o.MaxRequests.N, 0, 0, MaxRequestLimit); err != nil {
+			return s, optionError("max_requests", err)
+		}
+	}
+	if err := s.compileAuto(o); err != nil {
+		return s, err
 	}
 	if s.queue, err = count(o.MaxQueue, 0, 0, MaxRequestLimit); err != nil {
 		return s, optionError("max_queue", err)
@@ -61,7 +88,7 @@ func (o *Overload) compile() (s overloadSettings, err error) {
 	if s.queueTimeout, err = positive(o.QueueTimeout, DefaultQueueTimeout); err != nil {
 		return s, optionError("queue_timeout", err)
 	}
-	if s.queue > 0 && s.limit == 0 {
+	if s.queue > 0 && !s.on() {
 		return s, optionError("max_queue", fmt.Errorf("%w: requests queue for instances at max_requests, which is not set", ErrInapplicableOption))
 	}
 	if o.QueueTimeout != nil && s.queue == 0 {

@@ -49,7 +49,7 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 	server := h["Server"]
 	delete(h, "Server")
 
-	at := &attempt{app: a, rs: rs, w: w, obs: a.observer, in: in, start: backend.Now(), cookie: cookie}
+	at := &attempt{app: a, rs: rs, w: w, obs: a.observer, in: in, start: backend.Now(), cookie: cookie, inFlight: in.InFlight()}
 	defer func() {
 		// Also when the response is aborted with a panic: the status the
 		// client got is the one written, if any.
@@ -69,7 +69,12 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 		if _, ok := failure.(*retryStatusError); ok {
 			failure = nil // an answer: judged by its status, as any other
 		}
-		switch p := in.Policy(); {
+		p := in.Policy()
+		if a.limits.auto {
+			o := limitOutcome(status, failure, p.UnhealthyStatus.Has(status), at.cutShort)
+			in.ObserveLimit(o, at.inFlight, at.rtt, now)
+		}
+		switch {
 		case status == StatusClientClosedRequest || clientsFault(failure):
 			if trial {
 				in.AbandonTrial()
@@ -195,7 +200,9 @@ type attempt struct {
 	// Latency observation.
 	obs      strategy.Observer // nil unless the strategy wants it
 	in       *backend.Instance
-	start    int64 // backend.Now before the request was sent
+	start    int64         // backend.Now before the request was sent
+	rtt      time.Duration // to the response headers, once observed
+	inFlight int64         // the instance's requests in flight as it was sent, itself included
 	observed bool
 }
 
@@ -209,6 +216,7 @@ func (at *attempt) observe() {
 	at.observed = true
 	now := backend.Now()
 	d := time.Duration(now - at.start)
+	at.rtt = d
 	at.in.ObserveResponseHeader(d, now)
 	if at.obs != nil {
 		at.obs.Observe(at.in, d)

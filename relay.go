@@ -31,13 +31,20 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return at.switchProtocols(res, r)
 	}
+	if a := at.app; a.limits.auto && a.resendOverloaded(r, res.StatusCode, at.inFlight, &at.rs) {
+		// Refused for overload above what its limit now allows: sent
+		// again, to it as well, once it has room.
+		discard(res.Body)
+		at.status = res.StatusCode
+		return &retryStatusError{status: res.StatusCode, again: true}
+	}
 	if a := at.app; !a.retry.status.Empty() && a.retryOnStatus(r, at.in, res.StatusCode, &at.rs) {
 		// Retried on another instance: nothing of this response goes to
 		// the client. Its body is read (up to 64 KiB) so that the
 		// connection may serve again.
 		discard(res.Body)
 		at.status = res.StatusCode
-		return &retryStatusError{res.StatusCode}
+		return &retryStatusError{status: res.StatusCode}
 	}
 	h := at.w.Header()
 	removeHopByHop(res.Header, false)

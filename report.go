@@ -20,15 +20,15 @@ func (h *Handler) ReportApps() []report.App {
 				ra.Dynamic.Updated = &u
 			}
 		}
-		if app.limits.limit > 0 {
+		if app.limits.on() {
 			queued, rejected := app.queued(), app.overload.rejected.Load()
 			ra.Queued, ra.Rejected = &queued, &rejected
 		}
 		m := app.members.Load()
 		for _, in := range app.pool.All() {
 			ri := reportInstance(in, now)
-			if app.limits.limit > 0 {
-				ri.MaxRequests = in.Limit(app.limits.limit)
+			if app.limits.on() {
+				ri.MaxRequests = in.Limit(app.limits.of(in))
 			}
 			ri.Source = "config"
 			t := m.targets[in]

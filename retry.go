@@ -154,8 +154,12 @@ func (a *App) retryWithin(rs *retryState, now int64) bool {
 }
 
 // retryStatusError is the outcome of an attempt whose response had a
-// status of retry_status and was discarded for a retry.
-type retryStatusError struct{ status int }
+// status of retry_status and was discarded for a retry (again: one the
+// same instance may take, see resendOverloaded).
+type retryStatusError struct {
+	status int
+	again  bool
+}
 
 func (e *retryStatusError) Error() string { return "status " + strconv.Itoa(e.status) }
 

@@ -39,8 +39,9 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		defer func(orig io.ReadCloser) { r.Body = orig }(r.Body)
 	}
 	var tried [MaxRetries + 1]*backend.Instance
-	var failed error // the last attempt's
-	gone := 0        // picks of instances that had just left the app
+	var failed error               // the last attempt's
+	var failedBy *backend.Instance // its instance
+	gone := 0                      // picks of instances that had just left the app
 	for n := 0; ; n++ {
 		m, in, trial, pinned, err := a.next(w, r, tried[:n])
 		if err == errRejected {
@@ -72,7 +73,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		if n > 0 {
 			// A retry: it counts for the instance that failed the attempt.
-			tried[n-1].RecordRetry()
+			failedBy.RecordRetry()
 		}
 		announce(r, repl, t, in, n)
 		var cookie string // pins the client to in, unless its cookie did
@@ -93,7 +94,10 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if !a.mayRetry(r, retryState{attempt: n, start: start, body: body}, status, err) {
 			return failed
 		}
-		tried[n] = in
+		failedBy = in
+		if rse, ok := err.(*retryStatusError); !ok || !rse.again {
+			tried[n] = in // else it may take the request again
+		}
 	}
 }
 
@@ -158,7 +162,7 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		if ok, trial = a.pool.Admit(c); !ok {
 			return false, false
 		}
-		if !c.TryAcquire(a.limits.limit) {
+		if !c.TryAcquire(a.limits.of(c)) {
 			if trial {
 				c.AbandonTrial()
 			}

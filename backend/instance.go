@@ -49,6 +49,9 @@ type Instance struct {
 
 	stats stats // for the metrics and the report, see stats.go
 
+	autoLimit atomic.Int64 // the adaptive limit now, 0 without one (see limit.go)
+	limiter   limiter
+
 	// checking is held while a health check of this instance runs, so that
 	// checks never stack up behind a slow backend.
 	checking sync.Mutex

@@ -1,0 +1,122 @@
+package caddylb_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// variableBackend serves at most capacity requests at once, a couple of
+// milliseconds each, and refuses the rest with 503 at once (as
+// bench/backend -cap does); the test changes its capacity.
+type variableBackend struct {
+	*backend
+	capacity atomic.Int64
+	inFlight atomic.Int64
+	refused  atomic.Int64
+	served   atomic.Int64
+}
+
+func newVariableBackend(t *testing.T, capacity int) *variableBackend {
+	b := &variableBackend{backend: newBackend(t, "variable")}
+	b.capacity.Store(int64(capacity))
+	b.handle(func(w http.ResponseWriter, r *http.Request) {
+		for {
+			n := b.inFlight.Load()
+			if n >= b.capacity.Load() {
+				b.refused.Add(1)
+				http.Error(w, "over capacity", http.StatusServiceUnavailable)
+				return
+			}
+			if b.inFlight.CompareAndSwap(n, n+1) {
+				break
+			}
+		}
+		time.Sleep(2 * time.Millisecond) // the work of a request
+		b.inFlight.Add(-1)
+		b.served.Add(1)
+		_, _ = io.WriteString(w, "variable")
+	})
+	return b
+}
+
+// TestAutoLimitFollowsCapacity: with max_requests auto and a queue, the
+// limit of a backend whose capacity changes (8, then 16, then 4) under 48
+// concurrent clients finds each capacity, as the report and the metrics
+// say, and the clients see few of the backend's refusals.
+func TestAutoLimitFollowsCapacity(t *testing.T) {
+	b := newVariableBackend(t, 8)
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app auto.test {
+			max_requests auto
+			max_requests_max 64
+			max_queue 1000
+			queue_timeout 10s
+			instances %s
+		}
+	}
+}`, b.URL))
+	limit := func() int64 { return instanceOf(t, fetchReport(t), "auto.test", b.URL).MaxRequests }
+
+	// The load: 48 clients, 60,000 requests at most, until stopped.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 48 {
+		wg.Go(func() {
+			for sent.Add(1) <= 60000 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if status, _, err := s.tryGet("auto.test", "/"); err != nil || status != 200 {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	for _, capacity := range []int64{8, 16, 4} {
+		b.capacity.Store(capacity)
+		waitFor(t, fmt.Sprintf("the limit to find a capacity of %d", capacity), func() bool {
+			l := limit()
+			return l >= capacity-1 && l <= capacity+2
+		})
+		// Once found, the limit stays near it, and the clients see hardly
+		// any refusals: those of the probes above it are sent again.
+		f0, n0 := failed.Load(), sent.Load()
+		s0 := b.served.Load()
+		waitFor(t, "1,000 more requests served", func() bool { return b.served.Load()-s0 >= 1000 })
+		f, n := failed.Load()-f0, sent.Load()-n0
+		if share := float64(f) / float64(n); share > 0.01 {
+			t.Errorf("capacity %d: %d of %d requests failed (%.1f%%) once the limit found it", capacity, f, n, 100*share)
+		}
+		// (A drain halves it for a moment every 10 s, and latencies the
+		// machine's load stretches may cut it by a little.)
+		if l := limit(); l < capacity*3/4-1 || l > capacity+2 {
+			t.Errorf("capacity %d: the limit went to %d", capacity, l)
+		}
+		t.Logf("capacity %d: limit %d; %d of %d requests failed once found", capacity, limit(), f, n)
+	}
+	for _, m := range scrape(t) {
+		if m.name == "caddy_load_balancer_instance_max_requests" && m.labels["app"] == "auto.test" {
+			if l := limit(); int64(m.value) < l-2 || int64(m.value) > l+2 {
+				t.Errorf("metric instance_max_requests %v, report %d", m.value, l)
+			}
+			return
+		}
+	}
+	t.Error("no instance_max_requests metric for auto.test")
+}
