@@ -72,7 +72,10 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 		p := in.Policy()
 		if a.limits.auto {
 			o := limitOutcome(status, failure, p.UnhealthyStatus.Has(status), at.cutShort)
-			in.ObserveLimit(o, at.inFlight, at.rtt, now)
+			// Requests sent after this one may have reached the instance
+			// first: its in-flight count as it answered bounds what the
+			// instance had better than the count it was sent with.
+			in.ObserveLimit(o, max(at.inFlight, in.InFlight()), at.rtt, now)
 		}
 		switch {
 		case status == StatusClientClosedRequest || clientsFault(failure):

@@ -31,7 +31,7 @@ func (at *attempt) relay(res *http.Response, r *http.Request) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		return at.switchProtocols(res, r)
 	}
-	if a := at.app; a.limits.auto && a.resendOverloaded(r, res.StatusCode, at.inFlight, &at.rs) {
+	if a := at.app; a.limits.auto && a.resendOverloaded(r, res.StatusCode, max(at.inFlight, at.in.InFlight()), &at.rs) {
 		// Refused for overload above what its limit now allows: sent
 		// again, to it as well, once it has room.
 		discard(res.Body)

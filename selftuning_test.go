@@ -103,10 +103,20 @@ http://:{port} {
 		if share := float64(f) / float64(n); share > 0.01 {
 			t.Errorf("capacity %d: %d of %d requests failed (%.1f%%) once the limit found it", capacity, f, n, 100*share)
 		}
-		// (A drain halves it for a moment every 10 s, and latencies the
-		// machine's load stretches may cut it by a little.)
-		if l := limit(); l < capacity*3/4-1 || l > capacity+2 {
-			t.Errorf("capacity %d: the limit went to %d", capacity, l)
+		// A drain halves it for a moment every 10 s (the first after 1 s),
+		// and latencies the machine's load stretches may cut it a little:
+		// most reads, not all, find it near the capacity.
+		var reads []int64
+		near := 0
+		for range 10 {
+			l := limit()
+			reads = append(reads, l)
+			if l >= capacity*3/4-1 && l <= capacity+2 {
+				near++
+			}
+		}
+		if near < 8 {
+			t.Errorf("capacity %d: the limit read %v", capacity, reads)
 		}
 		t.Logf("capacity %d: limit %d; %d of %d requests failed once found", capacity, limit(), f, n)
 	}

@@ -12,20 +12,26 @@ import (
 //
 // The limiter probes upward and cuts on evidence, period by period:
 //
-//   - Loss: an answer that says the instance is overloaded (503, 429) was
-//     sent with n requests in flight, so the instance takes fewer than n:
-//     the limit drops to n-1 at once (and back to the last good limit, if
-//     it was probing above it). Other failures (no connection, timeouts,
+//   - Loss: an answer that says the instance is overloaded (503, 429)
+//     came with n requests in flight to it (the larger of the counts as
+//     it was sent and as it answered: requests sent later may reach the
+//     instance first), so the instance takes fewer than n: the limit
+//     drops to n-1 at once (and back to the last good limit, if it was
+//     probing above it). Other failures (no connection, timeouts,
 //     unhealthy statuses) shrink it by a tenth, once a period: a failing
 //     instance gets fewer requests at a time.
-//   - Delay: its no-load latency is the lowest response-header latency
-//     seen since the last drain; when a period's mean is more than twice
-//     that, requests queue in the instance, and the limit is cut in
-//     proportion (gradient: twice the no-load latency over the mean).
-//     Every 10 s the limit is halved for a period (a drain, as BBR's
-//     ProbeRTT): requests queued in the instance then drain, and the
-//     latencies of the period measure the no-load latency afresh, so that
-//     it cannot creep up with a queue that never empties.
+//   - Delay: every 10 s (the first time after 1 s) the limit is halved
+//     for a moment (a drain, as BBR's ProbeRTT): requests queued in the
+//     instance drain, and the mean latency of those sent meanwhile is its
+//     latency at half the load, the reference. When a period's mean
+//     latency is more than 1.5 times the reference, requests queue in the
+//     instance: the limit is cut in proportion (the gradient, reference
+//     × 1.5 over the mean), by a tenth at most a period. Latency that
+//     grows for another reason (a busy machine) grows at half the load
+//     too, and cuts nothing. While a period's mean latency is more than
+//     1.5 times the reference (before the first drain: the lowest
+//     latency seen), the limit is not raised: an instance that queues
+//     stops it growing before the first drain.
 //   - Probe: a period in which the limit was reached, with neither loss
 //     nor delay, raises the limit by a step, which doubles with each
 //     successful probe in a row (1, 2, 4, ...) and is 1 again after a cut;
@@ -34,13 +40,14 @@ import (
 //     request a second.
 //
 // The limit starts at its minimum (1 by default) and grows by probing
-// (1, 2, 4, 8, ... a period apart), so that the first latencies are
-// no-load ones.
+// (1, 2, 4, 8, ... a period apart).
 const (
 	limitPeriod    = 100 * time.Millisecond // between probes, at first
 	maxLimitPeriod = time.Second            // between probes, after failed ones
-	drainEvery     = 10 * time.Second       // between drains, which measure the no-load latency again
-	delayTolerance = 2.0                    // mean latency over the no-load one that means queueing
+	drainEvery     = 10 * time.Second       // between drains, which measure the reference latency again
+	firstDrain     = time.Second            // after the limit is turned on
+	delayTolerance = 1.5                    // mean latency over the reference that means queueing
+	maxDelayCut    = 0.9                    // the most a delay cuts in a period
 	minDelaySample = 10                     // latencies in a period for its mean to count
 )
 
@@ -62,19 +69,23 @@ type limiter struct {
 	on       bool
 	min, max float64
 	limit    float64
-	base     float64 // the limit before the current probe: known good
-	step     float64 // the next probe's
+	base     float64       // the limit before the current probe: known good
+	step     float64       // the next probe's
 	every    time.Duration // the wait before a probe
 	probing  bool          // the limit is above base: the period judges the probe
-	start    int64 // of the period
-	reached  bool  // the limit was reached in the period
-	cut      bool  // the limit was cut in the period
+	start    int64         // of the period
+	reached  bool          // the limit was reached in the period
+	cut      bool          // the limit was cut in the period
 	sum      time.Duration
 	samples  int
-	noLoad   time.Duration // lowest latency since the last drain began; 0: none
-	drained  int64         // when the last drain began
+	ref      time.Duration // mean latency at half the load, of the last drain; 0: none yet
+	drained  int64         // when the last drain began (or the limit was turned on)
 	draining float64       // the limit to go back to after the drain; 0 if none
 	drainEnd int64         // when the drain ends
+	drainSum time.Duration // latencies of the requests sent in the drain
+	drainN   int
+	minCur   time.Duration // the lowest latency since the last drain began; 0: none
+	minPrev  time.Duration // of the cycle before
 }
 
 // SetAutoLimit turns the instance's adaptive limit on, within [min, max]
@@ -89,8 +100,9 @@ func (in *Instance) SetAutoLimit(min, max int, now int64) {
 		return
 	}
 	if !l.on {
-		l.on, l.limit, l.step, l.every, l.start, l.drained = true, float64(min), 1, limitPeriod, now, now
-		l.base, l.noLoad, l.draining = 0, 0, 0
+		l.on, l.limit, l.step, l.every, l.start = true, float64(min), 1, limitPeriod, now
+		l.drained = now - int64(drainEvery-firstDrain)
+		l.base, l.ref, l.draining = 0, 0, 0
 	}
 	l.min, l.max = float64(min), float64(max)
 	l.limit = math.Min(math.Max(l.limit, l.min), l.max)
@@ -103,8 +115,9 @@ func (in *Instance) SetAutoLimit(min, max int, now int64) {
 func (in *Instance) AutoLimit() int { return int(in.autoLimit.Load()) }
 
 // ObserveLimit feeds a request's outcome, at now, to the instance's
-// adaptive limit: it was sent with inFlight requests in flight (itself
-// included) and took rtt to its response headers (0 for none).
+// adaptive limit: the instance had inFlight requests in flight with it
+// (itself included), and it took rtt to its response headers (0 for
+// none).
 func (in *Instance) ObserveLimit(o Outcome, inFlight int64, rtt time.Duration, now int64) {
 	if o == OutcomeNone || in.autoLimit.Load() == 0 {
 		return
@@ -129,11 +142,15 @@ func (in *Instance) ObserveLimit(o Outcome, inFlight int64, rtt time.Duration, n
 		}
 	case OutcomeOK:
 		if rtt > 0 {
-			if l.noLoad == 0 || rtt < l.noLoad {
-				l.noLoad = rtt
-			}
 			l.sum += rtt
 			l.samples++
+			if l.minCur == 0 || rtt < l.minCur {
+				l.minCur = rtt
+			}
+			if l.draining > 0 && now-int64(rtt) >= l.drained {
+				l.drainSum += rtt
+				l.drainN++
+			}
 		}
 		if float64(inFlight) >= math.Floor(l.limit) {
 			l.reached = true
@@ -141,6 +158,9 @@ func (in *Instance) ObserveLimit(o Outcome, inFlight int64, rtt time.Duration, n
 	}
 	if l.draining > 0 && now >= l.drainEnd {
 		// The drain is over: back to the limit before it.
+		if l.drainN > 0 {
+			l.ref = l.drainSum / time.Duration(l.drainN)
+		}
 		l.limit, l.draining = l.draining, 0
 		l.start, l.reached, l.cut, l.sum, l.samples = now, false, false, 0, 0
 	}
@@ -169,15 +189,20 @@ func (l *limiter) endPeriod(now int64) {
 		mean = l.sum / time.Duration(l.samples)
 	}
 	switch {
-	case now-l.drained >= int64(drainEvery) && l.limit >= 2*l.min:
-		// Long enough for what was queued to drain and be measured:
-		// three no-load latencies, from 10 ms to a second.
-		d := min(max(3*l.noLoad, 10*time.Millisecond), time.Second)
-		l.drained, l.drainEnd, l.draining, l.noLoad = now, now+int64(d), l.limit, 0
+	case now-l.drained >= int64(drainEvery) && l.limit >= 2*l.min && mean > 0:
+		// Long enough for what was queued to drain and for requests sent
+		// meanwhile to come back: three mean latencies, from 10 ms to a
+		// second.
+		d := min(max(3*mean, 10*time.Millisecond), time.Second)
+		l.drained, l.drainEnd, l.draining, l.drainSum, l.drainN = now, now+int64(d), l.limit, 0, 0
+		l.minPrev, l.minCur = l.minCur, 0
 		l.limit = math.Max(l.min, math.Floor(l.limit/2))
 	case l.cut:
-	case mean > 0 && l.noLoad > 0 && float64(mean) > delayTolerance*float64(l.noLoad):
-		l.cutTo(l.limit * delayTolerance * float64(l.noLoad) / float64(mean))
+	case mean > 0 && l.ref > 0 && float64(mean) > delayTolerance*float64(l.ref):
+		l.cutTo(l.limit * max(maxDelayCut, delayTolerance*float64(l.ref)/float64(mean)))
+	case mean > 0 && float64(mean) > delayTolerance*float64(l.holdAbove()):
+		// Queueing, or a busy machine: hold.
+		l.probing = false
 	case l.reached && l.limit < l.max:
 		if l.probing {
 			l.every = limitPeriod // the last probe held
@@ -190,4 +215,17 @@ func (l *limiter) endPeriod(now int64) {
 		l.probing = false // held, but not reached: nothing learnt
 	}
 	l.start, l.reached, l.cut, l.sum, l.samples = now, false, false, 0, 0
+}
+
+// holdAbove is the latency that, times delayTolerance, stops the limit
+// growing: the reference, or before the first drain the lowest latency
+// seen.
+func (l *limiter) holdAbove() time.Duration {
+	if l.ref > 0 {
+		return l.ref
+	}
+	if l.minPrev > 0 && (l.minCur == 0 || l.minPrev < l.minCur) {
+		return l.minPrev
+	}
+	return l.minCur
 }
