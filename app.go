@@ -70,6 +70,7 @@ type App struct {
 
 	ActiveHealth
 	PassiveHealth
+	OutlierDetection
 	RetryPolicy
 	Overload
 
@@ -122,6 +123,7 @@ type settings struct {
 	passive      backend.Policy    // what passive checks and slow start do
 	retry        retrySettings
 	limits       overloadSettings
+	outliers     outlierSettings
 	discovery    discoverySettings
 	panic        int        // panic threshold, percent; 0: off
 	urls         []*url.URL // the configured instances' parsed URLs, in config order
@@ -295,6 +297,9 @@ func (s *settings) compile(app *App) error {
 		return err
 	}
 	if s.limits, err = app.Overload.compile(); err != nil {
+		return err
+	}
+	if s.outliers, err = app.OutlierDetection.compile(); err != nil {
 		return err
 	}
 	if s.discovery, err = app.Discovery.compile(); err != nil {

@@ -68,6 +68,12 @@ func setOption(field reflect.Value, args []string) error {
 			return err
 		}
 		field.Set(reflect.ValueOf(l))
+	case t == reflect.TypeFor[*float64]():
+		f, err := strconv.ParseFloat(arg, 64)
+		if err != nil {
+			return fmt.Errorf("want a number, got %q", arg)
+		}
+		field.Set(reflect.ValueOf(&f))
 	case t.Kind() == reflect.String:
 		field.SetString(arg)
 	case t == reflect.TypeFor[*int](), t.Kind() == reflect.Int:

@@ -235,6 +235,9 @@ func (a *App) adopt(now int64, logger *zap.Logger) {
 	if a.dynamic != nil {
 		a.watch(logger)
 	}
+	if a.outliers.on {
+		go a.sweepOutliers()
+	}
 }
 
 // release gives back the instances the app took, configured and

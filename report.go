@@ -24,6 +24,10 @@ func (h *Handler) ReportApps() []report.App {
 			queued, rejected := app.queued(), app.overload.rejected.Load()
 			ra.Queued, ra.Rejected = &queued, &rejected
 		}
+		if app.outliers.on {
+			sweeps := app.pool.Sweeps()
+			ra.OutlierSweeps = &sweeps
+		}
 		m := app.members.Load()
 		for _, in := range app.pool.All() {
 			ri := reportInstance(in, now)

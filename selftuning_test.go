@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -129,4 +130,114 @@ http://:{port} {
 		}
 	}
 	t.Error("no instance_max_requests metric for auto.test")
+}
+
+// flakyBackend answers 500 to some of its requests, by a pattern of its
+// count: fail(k) for the k-th request.
+func flakyBackend(t *testing.T, name string, fail func(k int64) bool) *backend {
+	b := newBackend(t, name)
+	var k atomic.Int64
+	b.handle(func(w http.ResponseWriter, r *http.Request) {
+		if fail(k.Add(1)) {
+			http.Error(w, "flaky", http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, name)
+	})
+	return b
+}
+
+// TestOutlierEjection: statistical ejection through a real Caddy, in
+// pools of 5 under steady load. One instance failing 30% of its requests
+// (never 2 in a row: max_fails never trips) is ejected for its success
+// rate; one failing 2% is not; failure-percentage ejection never ejects
+// more than max_ejected_percent.
+func TestOutlierEjection(t *testing.T) {
+	// thirty fails 3 requests in 10, never two in a row; two 1 in 50.
+	thirty := func(k int64) bool { return k%10 == 1 || k%10 == 4 || k%10 == 7 }
+	two := func(k int64) bool { return k%50 == 25 }
+	forty := func(k int64) bool { return k%5 == 1 || k%5 == 3 }
+	never := func(int64) bool { return false }
+	tests := []struct {
+		name    string
+		options string
+		fails   []func(int64) bool
+		want    int      // instances ejected in the end
+		reason  []string // what each ejection's reason says
+	}{
+		{"30% by success rate", "success_rate_stdev_factor 1.9", []func(int64) bool{never, thirty, never, never, never}, 1, []string{"success rate ", " vs pool 100% (threshold 95."}},
+		{"2% is no outlier", "success_rate_stdev_factor 1.9", []func(int64) bool{never, never, two, never, never}, 0, nil},
+		{"failure percentage within max_ejected_percent", "failure_percent_threshold 20\n\t\t\tmax_ejected_percent 40",
+			[]func(int64) bool{forty, never, forty, never, forty}, 2, []string{"failure rate ", " requests (threshold 20%)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var urls []string
+			for i, fail := range tt.fails {
+				urls = append(urls, flakyBackend(t, fmt.Sprintf("b%d", i), fail).URL)
+			}
+			s := newSite(t)
+			s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app outlier.test {
+			%s
+			outlier_interval 200ms
+			outlier_min_requests 20
+			retries 0
+			instances %s
+		}
+	}
+}`, tt.options, strings.Join(urls, " ")))
+			var sent atomic.Int64
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range 4 {
+				wg.Go(func() {
+					for sent.Add(1) <= 40000 {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						_, _, _ = s.tryGet("outlier.test", "/")
+					}
+				})
+			}
+			defer func() {
+				close(stop)
+				wg.Wait()
+			}()
+			ejected := func() (n int, reasons []string) {
+				for _, in := range appOf(t, fetchReport(t), "outlier.test").Instances {
+					if in.State == "ejected" {
+						n++
+						reasons = append(reasons, in.Reason)
+					}
+				}
+				return n, reasons
+			}
+			sweeps := func() uint64 { return *appOf(t, fetchReport(t), "outlier.test").OutlierSweeps }
+			if tt.want > 0 {
+				waitFor(t, "the outliers ejected", func() bool { n, _ := ejected(); return n >= tt.want })
+			}
+			// Whatever more sweeps judge, no more are ejected.
+			start := sweeps()
+			most := 0
+			waitFor(t, "6 more sweeps", func() bool {
+				n, _ := ejected()
+				most = max(most, n)
+				return sweeps() >= start+6
+			})
+			n, reasons := ejected()
+			if n != tt.want || most != tt.want {
+				t.Errorf("%d ejected (at most %d), want %d: %v", n, most, tt.want, reasons)
+			}
+			for _, r := range reasons {
+				if !strings.HasPrefix(r, tt.reason[0]) || !strings.Contains(r, tt.reason[1]) {
+					t.Errorf("reason %q, want %q...%q", r, tt.reason[0], tt.reason[1])
+				}
+			}
+		})
+	}
 }

@@ -21,6 +21,9 @@ type Pool struct {
 	panicThreshold int
 
 	ejectMu sync.Mutex // serializes ejections, for MaxEjectedPercent
+
+	outlierCounts map[*Instance]outlierCounts // at the last sweep, under ejectMu
+	sweeps        atomic.Uint64
 }
 
 type availableList struct {
@@ -102,17 +105,7 @@ func (p *Pool) Admit(in *Instance) (ok, trial bool) {
 func (p *Pool) Failed(in *Instance, now int64, reason string, trial bool) {
 	p.ejectMu.Lock()
 	defer p.ejectMu.Unlock()
-	in.failed(now, reason, trial, func() bool {
-		ejected := 0
-		all := p.All()
-		for _, x := range all {
-			if x != in && x.flags.Load()&flagEjected != 0 {
-				ejected++
-			}
-		}
-		allowed := max(1, len(all)*in.policy.Load().MaxEjectedPercent/100)
-		return ejected < allowed
-	})
+	in.failed(now, reason, trial, p.roomFor(in))
 }
 
 // rebuild is Available's slow path, apart to keep the common path short.

@@ -56,9 +56,12 @@ type App struct {
 	// its max_requests; Rejected the number turned away with 503 because
 	// every instance was at its max_requests (the queue full, or the wait
 	// over), in all. Both absent without max_requests.
-	Queued    *int       `json:"queued,omitempty"`
-	Rejected  *uint64    `json:"rejected,omitempty"`
-	Instances []Instance `json:"instances"`
+	Queued   *int    `json:"queued,omitempty"`
+	Rejected *uint64 `json:"rejected,omitempty"`
+	// OutlierSweeps is the number of times the app's instances were
+	// judged for outlier ejection; absent without it.
+	OutlierSweeps *uint64    `json:"outlier_sweeps,omitempty"`
+	Instances     []Instance `json:"instances"`
 }
 
 // Dynamic is an app's source of dynamic instances.
