@@ -41,15 +41,41 @@ const StatusClientClosedRequest = 499
 // failed counts as taking at least the app's timeout, so that a broken
 // instance looks slow rather than fast.
 func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, rs retryState, w http.ResponseWriter, r *http.Request) (status int, err error) {
+	at := a.newAttempt(t, in, trial, cookie, rs, w)
+	res, err := at.send(r)
+	return at.finish(res, err, r)
+}
+
+// newAttempt starts an attempt of a request on in (acquired by pick, to
+// release by finish or abandon) through t: see proxy.
+func (a *App) newAttempt(t *target, in *backend.Instance, trial bool, cookie string, rs retryState, w http.ResponseWriter) *attempt {
+	return &attempt{app: a, t: t, trial: trial, rs: rs, w: w, obs: a.observer, in: in, start: backend.Now(),
+		cookie: cookie, inFlight: in.InFlight()}
+}
+
+// send builds the request to the attempt's instance from the client's r and
+// sends it, and returns the instance's response (its headers) or why there
+// is none. It writes nothing to the client but the 1xx responses the
+// instance sends (none when the attempt is quiet).
+func (at *attempt) send(r *http.Request) (*http.Response, error) {
+	if err := at.outbound(at.t, r); err != nil {
+		return nil, err
+	}
+	return at.t.rt.RoundTrip(&at.out)
+}
+
+// finish relays res to the client (or, when send failed with err, maps
+// the failure to a status) and records the attempt's outcome, as proxy
+// says, and releases its instance.
+func (at *attempt) finish(res *http.Response, err error, r *http.Request) (status int, _ error) {
+	a, in, trial := at.app, at.in, at.trial
 	defer a.done(in) // also when the response is aborted with a panic
 
 	// Caddy's own Server header gives way to the backend's, as with
 	// reverse_proxy; it is put back should the attempt fail unanswered.
-	h := w.Header()
+	h := at.w.Header()
 	server := h["Server"]
 	delete(h, "Server")
-
-	at := &attempt{app: a, rs: rs, w: w, obs: a.observer, in: in, start: backend.Now(), cookie: cookie, inFlight: in.InFlight()}
 	defer func() {
 		// Also when the response is aborted with a panic: the status the
 		// client got is the one written, if any.
@@ -96,11 +122,8 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 		}
 	}()
 
-	if at.err = at.outbound(t, r); at.err == nil {
-		var res *http.Response
-		if res, at.err = t.rt.RoundTrip(&at.out); at.err == nil {
-			at.err = at.relay(res, r)
-		}
+	if at.err = err; at.err == nil {
+		at.err = at.relay(res, r)
 	}
 	if at.cutShort {
 		// The status line is out: all that is left is to abort the
@@ -123,6 +146,28 @@ func (a *App) proxy(t *target, in *backend.Instance, trial bool, cookie string, 
 	in.RecordFailure()
 	at.observeAtLeast(a.timeout)
 	return status, at.err
+}
+
+// abandon ends an attempt that lost a race (see hedging) once its send
+// has returned res or err: its response, if any, is closed unread, its
+// instance released. It counts for no failure of the instance: it is
+// recorded as a request the client left (499), and the time it had taken
+// when given up as its latency at least, for the latency quantiles only,
+// so that hedging does not hide the slow answers it cut short.
+func (at *attempt) abandon(res *http.Response, err error) {
+	if res != nil {
+		res.Body.Close()
+	}
+	now := backend.Now()
+	in := at.in
+	if res == nil {
+		in.ObserveLatencyFloor(time.Duration(now-at.start), now)
+	}
+	in.RecordResponse(StatusClientClosedRequest, now)
+	if at.trial {
+		in.AbandonTrial()
+	}
+	at.app.done(in)
 }
 
 // statusFor maps a proxying error to a status: 499 if the client went
@@ -184,9 +229,12 @@ func clientBodyStatus(err error) int {
 // it and the response relayed to the client.
 type attempt struct {
 	app    *App
+	t      *target
+	trial  bool       // the request is the instance's trial (see backend.Pool.Admit)
 	rs     retryState // the request's attempts so far, for retry_status
 	w      http.ResponseWriter
 	cookie string // Set-Cookie value for the final response; "" for none
+	quiet  bool   // 1xx responses are not relayed: the attempt races another
 
 	out     http.Request // to the instance
 	url     url.URL      // out's

@@ -252,6 +252,9 @@ func streaming(ct []string) bool {
 // instance's headers only, and leaves the client's header map as it was
 // for the final response. It implements upstream.Interim.
 func (at *attempt) Interim(code int, header http.Header) error {
+	if at.quiet {
+		return nil
+	}
 	h := at.w.Header()
 	saved := make(http.Header, len(h))
 	for k, vs := range h {

@@ -102,6 +102,14 @@ func (in *Instance) ObserveResponseHeader(d time.Duration, now int64) {
 	in.window().observeLatency(d, now)
 }
 
+// ObserveLatencyFloor records d as a response-header latency of the
+// instance's last minute (Recent and the latency quantiles), for a request
+// given up on after d without an answer: its latency was d at least. The
+// response_header_seconds metric takes only real latencies.
+func (in *Instance) ObserveLatencyFloor(d time.Duration, now int64) {
+	in.window().observeLatency(d, now)
+}
+
 // RecordResponse records how a request sent to the instance ended, at now
 // (as returned by Now): the status the client got, from the instance or,
 // when the instance failed, from the load balancer (502, 504, 499). A
