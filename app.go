@@ -72,6 +72,7 @@ type App struct {
 	PassiveHealth
 	OutlierDetection
 	RetryPolicy
+	Hedging
 	Overload
 
 	// An instance that is added, becomes healthy or comes back from an
@@ -106,6 +107,7 @@ type App struct {
 	logger    *zap.Logger
 	overload  overload
 	fleet     *fleet.App // the config's fleet; nil without one
+	hedging   hedgeState
 }
 
 // settings is what provision compiles an app's options into.
@@ -124,6 +126,7 @@ type settings struct {
 	retry        retrySettings
 	limits       overloadSettings
 	outliers     outlierSettings
+	hedge        hedgeSettings
 	discovery    discoverySettings
 	panic        int        // panic threshold, percent; 0: off
 	urls         []*url.URL // the configured instances' parsed URLs, in config order
@@ -300,6 +303,9 @@ func (s *settings) compile(app *App) error {
 		return err
 	}
 	if s.outliers, err = app.OutlierDetection.compile(); err != nil {
+		return err
+	}
+	if s.hedge, err = app.Hedging.compile(); err != nil {
 		return err
 	}
 	if s.discovery, err = app.Discovery.compile(); err != nil {

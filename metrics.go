@@ -75,10 +75,15 @@ var (
 	descRejected = prometheus.NewDesc(metricsPrefix+"rejected_total",
 		"Requests turned away with 503 because every instance was at max_requests (and the queue full, or the wait over).", labelsApp, nil)
 
+	descHedges = prometheus.NewDesc(metricsPrefix+"hedges_total",
+		"Second attempts sent to another instance because the first had not answered within hedge_after.", labelsApp, nil)
+	descHedgesWon = prometheus.NewDesc(metricsPrefix+"hedges_won_total",
+		"Hedges that answered first (the first attempt was then given up).", labelsApp, nil)
+
 	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descMaxRequests, descRequests,
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
 		descDynamicUpdates, descDynamicErrors, descDynamicInstances,
-		descQueueLength, descQueueWait, descRejected}
+		descQueueLength, descQueueWait, descRejected, descHedges, descHedgesWon}
 )
 
 // stateLabels are the values of the state label.
@@ -199,6 +204,30 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	collectSources(ch, handlers)
 	collectOverload(ch, handlers)
+	collectHedges(ch, handlers)
+}
+
+// collectHedges reports the hedges of the handlers' apps that hedge;
+// apps of the same name are added up.
+func collectHedges(ch chan<- prometheus.Metric, handlers []*Handler) {
+	sent, won := map[string]uint64{}, map[string]uint64{}
+	var names []string
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			if !app.hedge.on {
+				continue
+			}
+			if _, ok := sent[app.name]; !ok {
+				names = append(names, app.name)
+			}
+			sent[app.name] += app.hedging.sent.Load()
+			won[app.name] += app.hedging.won.Load()
+		}
+	}
+	for _, n := range names {
+		ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(sent[n]), n)
+		ch <- prometheus.MustNewConstMetric(descHedgesWon, prometheus.CounterValue, float64(won[n]), n)
+	}
 }
 
 // collectOverload reports the queues and rejections of the handlers' apps

@@ -24,6 +24,10 @@ func (h *Handler) ReportApps() []report.App {
 			queued, rejected := app.queued(), app.overload.rejected.Load()
 			ra.Queued, ra.Rejected = &queued, &rejected
 		}
+		if app.hedge.on {
+			d := ms(app.hedgeDelay())
+			ra.HedgeDelayMs = &d
+		}
 		if app.outliers.on {
 			sweeps := app.pool.Sweeps()
 			ra.OutlierSweeps = &sweeps

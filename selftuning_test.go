@@ -241,3 +241,147 @@ http://:{port} {
 		})
 	}
 }
+
+// TestHedging: a request the first instance has not answered within
+// hedge_after goes to another as well; the first answer wins, the other
+// attempt is cancelled at its instance and counts as no failure. Hedges
+// spend the retry budget; requests that may not be sent twice are not
+// hedged; a quantile delay follows the pool's latencies.
+func TestHedging(t *testing.T) {
+	type counts struct{ sent, won float64 }
+	hedges := func() counts {
+		var c counts
+		for _, m := range scrape(t) {
+			switch {
+			case m.labels["app"] != "hedge.test":
+			case m.name == "caddy_load_balancer_hedges_total":
+				c.sent = m.value
+			case m.name == "caddy_load_balancer_hedges_won_total":
+				c.won = m.value
+			}
+		}
+		return c
+	}
+	for _, tt := range []struct {
+		name, options string
+		warm          bool // send 200 quick requests first (for a quantile)
+		budget        int  // hedges the budget allows; 0: more than the test needs
+	}{
+		{"fixed delay", "hedge_after 50ms\n\t\t\tretry_budget_percent 100", false, 0},
+		{"quantile", "hedge_after p90\n\t\t\tretry_budget_percent 100", true, 0},
+		{"within the budget", "hedge_after 50ms\n\t\t\tretry_budget_percent 0", false, 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			slow, fast1, fast2 := newBackend(t, "slow"), newBackend(t, "fast1"), newBackend(t, "fast2")
+			var held, cancelled atomic.Int64
+			release := make(chan struct{})
+			slow.handle(func(w http.ResponseWriter, r *http.Request) {
+				if r.Header.Get("X-Slow") == "" {
+					_, _ = io.WriteString(w, "slow")
+					return
+				}
+				held.Add(1)
+				select {
+				case <-r.Context().Done(): // the load balancer gave up on it
+					cancelled.Add(1)
+				case <-release:
+					_, _ = io.WriteString(w, "slow")
+				}
+			})
+			s := newSite(t)
+			s.load(fmt.Sprintf(`
+http://:{port} {
+	log
+	load_balancer {
+		app hedge.test {
+			%s
+			instances %s %s %s
+		}
+	}
+}`, tt.options, slow.URL, fast1.URL, fast2.URL))
+			if tt.warm {
+				for range 200 {
+					s.get("hedge.test", "/")
+				}
+				waitFor(t, "a hedge delay from the latencies", func() bool {
+					d := appOf(t, fetchReport(t), "hedge.test").HedgeDelayMs
+					return d != nil && *d > 0
+				})
+			}
+			before := hedges()
+			get := func(method string) (int, string) {
+				req, _ := http.NewRequest(method, s.url("/"), nil)
+				req.Host = "hedge.test"
+				req.Header.Set("X-Slow", "1")
+				resp, err := client.Do(req)
+				if err != nil {
+					return 0, err.Error()
+				}
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(body)
+			}
+			// Requests the slow instance holds: each is hedged, and the
+			// hedge's answer is the client's.
+			answered := map[string]int{}
+			want := 10
+			if tt.budget > 0 {
+				want = tt.budget
+			}
+			for n := 0; held.Load() < int64(want); n++ {
+				if n == 200 {
+					t.Fatalf("200 requests, %d held at the slow instance", held.Load())
+				}
+				status, body := get(http.MethodGet)
+				if status != 200 {
+					t.Fatalf("status %d %q", status, body)
+				}
+				answered[body]++
+			}
+			if answered["slow"] != 0 {
+				t.Errorf("answers %v: want only the fast instances'", answered)
+			}
+			waitFor(t, "the given-up attempts cancelled at the slow instance", func() bool { return cancelled.Load() == held.Load() })
+			got := hedges()
+			// Every held attempt was one of a hedged pair: the first, which
+			// its hedge beat, or (with a delay that short) a hedge that the
+			// first beat.
+			sent, won := int64(got.sent-before.sent), int64(got.won-before.won)
+			if sent < held.Load() || won > sent || !tt.warm && won != held.Load() {
+				t.Errorf("%d requests held at the slow instance, %d hedges sent, %d won; want every held one given up for the other of its pair", held.Load(), sent, won)
+			}
+			if in := instanceOf(t, fetchReport(t), "hedge.test", slow.URL); in.State != "healthy" || in.Failures != 0 {
+				t.Errorf("the slow instance: %s, %d failures (%s); want healthy, none (a given-up attempt is no failure)", in.State, in.Failures, in.LastError)
+			}
+			if lines := logLines(t, s, func(l map[string]any) bool { return l["load_balancer_hedged"] == true }); len(lines) != int(got.sent-before.sent) {
+				t.Errorf("%d access log lines with load_balancer_hedged, want one per hedge, %v", len(lines), got.sent-before.sent)
+			}
+
+			// Past the budget, or for a POST, no hedge: the request waits.
+			sentBefore := hedges().sent
+			method := http.MethodPost
+			if tt.budget > 0 {
+				method = http.MethodGet
+			}
+			done := make(chan int, 1)
+			stuck := held.Load()
+			go func() {
+				for held.Load() == stuck {
+					if status, _ := get(method); status != 200 {
+						done <- status
+						return
+					}
+				}
+				done <- 200
+			}()
+			waitFor(t, "a "+method+" held at the slow instance", func() bool { return held.Load() > stuck })
+			if h := hedges().sent; h != sentBefore {
+				t.Errorf("%s hedged: %v more hedges", method, h-sentBefore)
+			}
+			close(release)
+			if status := recv(t, done, "the held request to end"); status != 200 {
+				t.Errorf("the held %s: status %d", method, status)
+			}
+		})
+	}
+}

@@ -26,7 +26,7 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer setDuration(repl, start)
 	retries := a.retry.retries > 0
-	if retries {
+	if retries || a.hedge.on {
 		a.budget.request(start)
 	}
 
@@ -86,7 +86,12 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) error {
 		if body != nil {
 			r.Body = body.attempt()
 		}
-		status, err := a.proxy(t, in, trial, cookie, retryState{n, start, body}, w, r)
+		var status int
+		if n == 0 && a.hedge.on && !pinned && hedgeable(r) {
+			status, err = a.proxyHedged(t, in, trial, cookie, retryState{n, start, body}, w, r, m, repl)
+		} else {
+			status, err = a.proxy(t, in, trial, cookie, retryState{n, start, body}, w, r)
+		}
 		if err == nil {
 			return nil
 		}

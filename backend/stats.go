@@ -337,3 +337,30 @@ func quantile(hist *[latencyBuckets]uint64, n uint64, q float64) time.Duration {
 	lo, _ := latencyBucketBounds(latencyBuckets - 1)
 	return time.Duration(lo)
 }
+
+// LatencyQuantile estimates the q-quantile of the response-header
+// latencies of instances over the last minute (see Recent), at now, and
+// returns it with the number of latencies it was estimated from.
+func LatencyQuantile(instances []*Instance, q float64, now int64) (time.Duration, uint64) {
+	var hist [latencyBuckets]uint64
+	slot := uint32(now/int64(latencySlotSeconds*time.Second)) + 1
+	for _, in := range instances {
+		w := in.stats.recent.Load()
+		if w == nil {
+			continue
+		}
+		for s := range w.latency {
+			for b := range w.latency[s] {
+				hist[b] += count(&w.latency[s][b], back(slot, latencySlots), slot)
+			}
+		}
+	}
+	var n uint64
+	for _, c := range hist {
+		n += c
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	return quantile(&hist, n, q), n
+}

@@ -60,8 +60,12 @@ type App struct {
 	Rejected *uint64 `json:"rejected,omitempty"`
 	// OutlierSweeps is the number of times the app's instances were
 	// judged for outlier ejection; absent without it.
-	OutlierSweeps *uint64    `json:"outlier_sweeps,omitempty"`
-	Instances     []Instance `json:"instances"`
+	OutlierSweeps *uint64 `json:"outlier_sweeps,omitempty"`
+	// HedgeDelayMs is the delay after which a request is hedged now, in
+	// milliseconds (0 while a quantile has too few latencies to go by);
+	// absent without hedge_after.
+	HedgeDelayMs *float64   `json:"hedge_delay_ms,omitempty"`
+	Instances    []Instance `json:"instances"`
 }
 
 // Dynamic is an app's source of dynamic instances.
