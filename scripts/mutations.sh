@@ -49,6 +49,11 @@ mutations=(
 	fleet/entry.go 'write := e.prober &&' 'write := false &&' . '^TestFleetHealth$'
 	health/monitor.go 'if sh != nil && !sh.s.ShouldProbe() {' 'if sh != nil && !sh.s.ShouldProbe() && false {' . '^TestFleetHealth$'
 	backend/state.go 'return f&(down|flagDraining) == 0' 'return f&(flagUnhealthy|flagDraining) == 0' ./backend '^TestVerdicts$'
+	backend/limit.go 'target := math.Min(l.limit, float64(inFlight-1))' 'target := l.limit' ./backend '^TestAutoLimit$'
+	backend/outlier.go 'stdev := max(math.Sqrt(sq/float64(len(samples)-1)), MinStdev)' 'stdev := math.Sqrt(sq / float64(len(samples)-1))' ./backend '^TestSweepOutliers$'
+	hedge.go 'other.at.abandon(other.res, other.err)' '_, _ = other.at.finish(other.res, other.err, r)' . '^TestHedging$'
+	serve.go 'if n == 0 && a.hedge.on && !pinned && hedgeable(r) {' 'if false {' . '^TestHedging$'
+	outlier.go 'a.pool.SweepOutliers(&a.outliers.policy, backend.Now())' '_ = a.pool' . '^TestOutlierEjection$'
 )
 
 selected=" $* "
