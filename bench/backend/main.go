@@ -6,11 +6,13 @@
 //	backend -addr 127.1.0.1 -addrs 5000 -port 9100   # one listener on each of 5000 addresses
 //	backend -port 9001 -grpc                         # gRPC over h2c (see grpc.go)
 //	backend -port 9001 -sleep 5ms -cap 8             # at most 8 requests at once; 503 for more
+//	backend -port 9001 -slow-percent 6 -slow 200ms   # 6% of the requests (at random) answered after 200 ms
 //
 // Any path ending in /health gets 200 "ok" at once (no sleep), so instances
 // with a base path (http://127.0.0.1:9001/i3) pass their checks too.
 // With -cap, a request beyond the cap is answered 503 at once and counted
-// as refused. GET /_stats returns the requests served so far as JSON. It listens on
+// as refused; POST /_cap?n=16 changes the cap while it runs (n=0: none).
+// GET /_stats returns the requests served so far as JSON. It listens on
 // loopback addresses only and refuses any other.
 package main
 
@@ -21,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -40,6 +43,8 @@ func main() {
 	body := flag.Int("body", 16, "response body size in bytes")
 	sleep := flag.Duration("sleep", 0, "sleep this long before answering (not for /health)")
 	capacity := flag.Int("cap", 0, "serve at most this many requests at once, answering 503 to more (0: no cap)")
+	slowPercent := flag.Float64("slow-percent", 0, "answer this share of the requests (in %, at random) after -slow instead of -sleep")
+	slow := flag.Duration("slow", 200*time.Millisecond, "the sleep of the slow answers of -slow-percent")
 	grpcMode := flag.Bool("grpc", false, "serve gRPC over h2c instead: grpc-go's interop TestService and the health service")
 	flag.Parse()
 	if *port <= 0 || *port > 65535 {
@@ -55,11 +60,8 @@ func main() {
 		return
 	}
 
-	var requests, checks, refused atomic.Int64
-	var slots chan struct{}
-	if *capacity > 0 {
-		slots = make(chan struct{}, *capacity)
-	}
+	var requests, checks, refused, inFlight, limit atomic.Int64
+	limit.Store(int64(*capacity))
 	payload := bytes.Repeat([]byte("x"), *body)
 	length := strconv.Itoa(len(payload))
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -73,20 +75,36 @@ func main() {
 			_ = json.NewEncoder(w).Encode(map[string]int64{
 				"requests": requests.Load(), "health_checks": checks.Load(), "refused": refused.Load(),
 			})
+		case r.URL.Path == "/_cap" && r.Method == http.MethodPost:
+			n, err := strconv.Atoi(r.URL.Query().Get("n"))
+			if err != nil || n < 0 {
+				http.Error(w, "n: a count of 0 or more", http.StatusBadRequest)
+				return
+			}
+			limit.Store(int64(n))
+			fmt.Fprintf(os.Stderr, "backend: cap %d\n", n)
 		default:
-			if slots != nil {
-				select {
-				case slots <- struct{}{}:
-					defer func() { <-slots }()
-				default:
+			// A slot, taken only when one is free: a refused request
+			// never holds one, even for a moment.
+			for {
+				n := inFlight.Load()
+				if c := limit.Load(); c > 0 && n >= c {
 					refused.Add(1)
 					http.Error(w, "over capacity", http.StatusServiceUnavailable)
 					return
 				}
+				if inFlight.CompareAndSwap(n, n+1) {
+					break
+				}
 			}
+			defer inFlight.Add(-1)
 			requests.Add(1)
-			if *sleep > 0 {
-				time.Sleep(*sleep)
+			d := *sleep
+			if *slowPercent > 0 && rand.Float64()*100 < *slowPercent {
+				d = *slow
+			}
+			if d > 0 {
+				time.Sleep(d)
 			}
 			h := w.Header()
 			h["Content-Type"] = []string{"text/plain"}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -21,26 +20,12 @@ import (
 // per second while wrk measures; cases interleaved over the rounds.
 func (b *bench) dynamicMany() error {
 	n := b.opt.dynamicInstances
-	etcdBin, err := exec.LookPath("etcd")
-	if err != nil {
-		return fmt.Errorf("dynamic10k: etcd not found (Debian's etcd-server package; run.sh installs it): %v", err)
-	}
 	backends, ports, err := b.startBackends(1, 16, 0)
 	defer func() { stopAllOf(backends) }()
 	if err != nil {
 		return err
 	}
-	clientPort, err1 := freePort()
-	peerPort, err2 := freePort()
-	if err1 != nil || err2 != nil {
-		return fmt.Errorf("no free port: %v %v", err1, err2)
-	}
-	endpoint := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
-	etcd, err := b.procs.start("etcd", b.opt.genCPUs, nil, filepath.Join(b.out, "logs", "etcd.log"), etcdBin,
-		"--data-dir", filepath.Join(b.work, "etcd"), "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort),
-		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort),
-		"--initial-cluster", fmt.Sprintf("default=http://127.0.0.1:%d", peerPort), "--log-level", "warn")
+	endpoint, etcd, err := b.startEtcd("dynamic10k")
 	if err != nil {
 		return err
 	}

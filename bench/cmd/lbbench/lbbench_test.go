@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/netip"
@@ -10,6 +11,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/golb/caddy-lb"
+	_ "github.com/golb/caddy-lb/fleet"
 )
 
 func TestParseWrk(t *testing.T) {
@@ -195,9 +203,9 @@ func TestPeerConfigsValid(t *testing.T) {
 	ports := []int{9001, 9002, 9003}
 	for _, grpc := range []bool{false, true} {
 		t.Run(fmt.Sprintf("haproxy grpc=%v", grpc), func(t *testing.T) {
-			bin, err := exec.LookPath("haproxy")
+			bin, err := lookSbin("haproxy")
 			if err != nil {
-				t.Skip("haproxy not installed")
+				skipOrFail(t, "haproxy not installed")
 			}
 			path := filepath.Join(t.TempDir(), "haproxy.cfg")
 			if err := os.WriteFile(path, []byte(haproxyConfig(8080, ports, grpc)), 0o644); err != nil {
@@ -212,9 +220,9 @@ func TestPeerConfigsValid(t *testing.T) {
 			}
 		})
 		t.Run(fmt.Sprintf("nginx grpc=%v", grpc), func(t *testing.T) {
-			bin, err := exec.LookPath("nginx")
+			bin, err := lookSbin("nginx")
 			if err != nil {
-				t.Skip("nginx not installed")
+				skipOrFail(t, "nginx not installed")
 			}
 			dir := t.TempDir()
 			path := filepath.Join(dir, "nginx.conf")
@@ -231,6 +239,26 @@ func TestPeerConfigsValid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lookSbin finds a command on the PATH or in /usr/sbin, where Debian puts
+// HAProxy and nginx and which a user's PATH may lack (run.sh adds it).
+func lookSbin(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return exec.LookPath(filepath.Join("/usr/sbin", name))
+}
+
+// skipOrFail skips the test, or fails it where CADDYLB_REQUIRE_PEERS=1
+// (as in CI, which installs HAProxy and nginx: a skip there would hide a
+// missing install step).
+func skipOrFail(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CADDYLB_REQUIRE_PEERS") == "1" {
+		t.Fatal(why + " (CADDYLB_REQUIRE_PEERS=1)")
+	}
+	t.Skip(why)
 }
 
 func TestRespondConfig(t *testing.T) {
@@ -351,5 +379,60 @@ func TestSelectCasesAndNeeds(t *testing.T) {
 		if _, err := parseFlags(append(append([]string{}, base...), args...)); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// TestCaddyConfigsAdapt adapts every Caddyfile the driver writes for
+// load_balancer and reverse_proxy with Caddy's own adapter, so that an
+// option the module does not know (or a brace out of place) fails here and
+// not minutes into a bench run.
+func TestCaddyConfigsAdapt(t *testing.T) {
+	ports := []int{9001, 9002, 9003}
+	hosts := []string{"127.1.0.1", "127.1.0.2"}
+	configs := map[string]string{
+		"reverse_proxy":     reverseProxyConfig(2999, 8080, ports),
+		"load_balancer":     loadBalancerConfig(2999, 8080, ports, "least_connections"),
+		"multi-app":         multiAppConfig(2999, 8080, ports, 10, "5s"),
+		"many instances":    manyInstancesConfig(2999, 8080, hosts, 9100, true, "1s", "5s"),
+		"fleet node":        fleetNodeConfig(2999, 8080, hosts, 9100, true, "http://127.0.0.1:2379", "node1", "/lbbench/fleet/"),
+		"fleet node, alone": fleetNodeConfig(2999, 8080, hosts, 9100, false, "http://127.0.0.1:2379", "node1", "/lbbench/fleet/"),
+	}
+	for _, key := range []string{"rp", "lb", "lb_queue"} {
+		configs["overload "+key] = overloadConfig(key, 2999, 8080, 9001)
+	}
+	for _, c := range phaseCases {
+		configs["capacity "+c.key] = capacityConfig(c, 2999, 8080, 9001)
+	}
+	for _, c := range hedgeCases {
+		configs["hedge "+c.key] = hedgeConfig(c.key, c.hedge, 2999, 8080, ports)
+	}
+	for name, config := range configs {
+		t.Run(name, func(t *testing.T) {
+			out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(config), map[string]any{"filename": "Caddyfile"})
+			if err != nil {
+				t.Fatalf("adapt: %v\n%s", err, config)
+			}
+			for _, w := range warnings {
+				t.Errorf("warning: %s", w)
+			}
+			if !json.Valid(out) {
+				t.Fatalf("not JSON: %s", out)
+			}
+		})
+	}
+	// The options that make each case what it claims to be.
+	for name, want := range map[string]string{
+		"fleet node":        `"load_balancer_fleet"`,
+		"capacity auto":     `"max_requests":"auto"`,
+		"capacity static16": `"max_requests":16`,
+		"hedge lb_p95":      `"hedge_after":"p95"`,
+	} {
+		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(configs[name]), nil)
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("%s: %s not in %s (%v)", name, want, out, err)
+		}
+	}
+	if out, _, _ := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(configs["fleet node, alone"]), nil); strings.Contains(string(out), "fleet") {
+		t.Errorf("the fleet-less node has a fleet: %s", out)
 	}
 }

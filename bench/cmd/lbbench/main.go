@@ -125,6 +125,11 @@ type options struct {
 	dynamic10k       bool
 	grpc             bool
 	overload         bool
+	hedge            bool
+	slowPercent      float64
+	fleet            bool
+	fleetInstances   int
+	fleetDuration    time.Duration
 	dynamicInstances int
 	dynamicChurn     int
 	out              string
@@ -210,6 +215,11 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.dynamic10k, "dynamic10k", false, "also measure an app of many instances discovered through etcd, churning, against the same listed in the config")
 	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy, HAProxy and nginx (h2c) and direct")
 	fs.BoolVar(&o.overload, "overload", false, "also measure a saturated backend (cap 8, 5 ms) under 256 connections: reverse_proxy with max requests, load_balancer without limits and with max_requests and a queue")
+	fs.BoolVar(&o.hedge, "hedge", false, "also measure hedging: three backends, one answering -slow-percent of its requests after 200 ms; reverse_proxy, load_balancer without and with hedge_after")
+	fs.Float64Var(&o.slowPercent, "slow-percent", 6, "with -hedge: the share (%) of the slow backend's requests answered after 200 ms")
+	fs.BoolVar(&o.fleet, "fleet", false, "also measure fleet health: three Caddy nodes checking the same instances, alone and as a fleet on etcd (probers 2)")
+	fs.IntVar(&o.fleetInstances, "fleet-instances", 1000, "instances for -fleet")
+	fs.DurationVar(&o.fleetDuration, "fleet-duration", 20*time.Second, "measured time of each -fleet config")
 	fs.IntVar(&o.dynamicInstances, "dynamic-instances", 10000, "instances for -dynamic10k")
 	fs.IntVar(&o.dynamicChurn, "dynamic-churn", 100, "instances replaced every second for -dynamic10k")
 	fs.StringVar(&o.out, "out", "", "directory for the results (default: a new directory under $TMPDIR)")
@@ -235,6 +245,12 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.dynamic10k && (o.dynamicInstances < 1 || o.dynamicChurn < 0) {
 		return o, fmt.Errorf("bad -dynamic-instances or -dynamic-churn")
+	}
+	if o.hedge && (o.slowPercent <= 0 || o.slowPercent > 100) {
+		return o, fmt.Errorf("bad -slow-percent: want more than 0, at most 100")
+	}
+	if o.fleet && (o.fleetInstances < 1 || o.fleetDuration < time.Second) {
+		return o, fmt.Errorf("bad -fleet-instances or -fleet-duration")
 	}
 	if o.health10k && (o.healthInstances < 1 || o.healthCooldown <= 0 || o.healthDuration < time.Second) {
 		return o, fmt.Errorf("bad -health-instances, -health-cooldown or -health-duration")
@@ -294,15 +310,15 @@ type tool struct{ command, pkg string }
 
 // neededTools are the external commands the chosen parts run (besides
 // taskset and getconf, which every part needs): wrk for every part with
-// HTTP/1.1 load, etcd for -dynamic10k, HAProxy and nginx when a chosen
+// HTTP/1.1 load, etcd for -dynamic10k and -fleet, HAProxy and nginx when a chosen
 // part has their case.
 func (o options) neededTools() []tool {
 	var out []tool
 	http1 := len(o.workloads) > 0
-	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k {
+	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k || o.hedge {
 		out = append(out, tool{"wrk", "wrk"})
 	}
-	if o.dynamic10k {
+	if o.dynamic10k || o.fleet {
 		out = append(out, tool{"etcd", "etcd-server"})
 	}
 	if (http1 && hasCase(o.cases, peerHAProxy)) || (o.grpc && hasCase(o.grpcCases, peerHAProxy)) {
@@ -413,6 +429,19 @@ func (b *bench) run() error {
 	}
 	if b.opt.overload {
 		if err := b.overloadBench(); err != nil {
+			return err
+		}
+		if err := b.capacityBench(); err != nil {
+			return err
+		}
+	}
+	if b.opt.hedge {
+		if err := b.hedgeBench(); err != nil {
+			return err
+		}
+	}
+	if b.opt.fleet {
+		if err := b.fleetBench(); err != nil {
 			return err
 		}
 	}

@@ -110,6 +110,11 @@ func (b *bench) overloadBench() error {
 // overloadConfig is the Caddy config of an overload case, on port, in
 // front of the backend on backendPort.
 func overloadConfig(key string, adminPort, port, backendPort int) string {
+	return globalOptions(adminPort) + fmt.Sprintf("\nhttp://127.0.0.1:%d {\n%s}\n", port, overloadConfigSite(key, backendPort))
+}
+
+// overloadConfigSite is the handler of an overload case in its site block.
+func overloadConfigSite(key string, backendPort int) string {
 	site := ""
 	switch key {
 	case "rp":
@@ -122,5 +127,5 @@ func overloadConfig(key string, adminPort, port, backendPort int) string {
 	case "lb_queue":
 		site = fmt.Sprintf("\tload_balancer http://127.0.0.1:%d {\n\t\tmax_requests %d\n\t\tmax_queue 1024\n\t\tqueue_timeout 5s\n\t}\n", backendPort, overloadCap)
 	}
-	return globalOptions(adminPort) + fmt.Sprintf("\nhttp://127.0.0.1:%d {\n%s}\n", port, site)
+	return site
 }

@@ -14,9 +14,9 @@ import (
 // end. Only done() is defined: wrk keeps its fast path (no per-request Lua).
 const wrkScript = `done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("BENCH requests=%d duration_us=%d bytes=%d connect=%d read=%d write=%d status=%d timeout=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d\n",
+  io.write(string.format("BENCH requests=%d duration_us=%d bytes=%d connect=%d read=%d write=%d status=%d timeout=%d p50_us=%d p90_us=%d p99_us=%d p999_us=%d max_us=%d\n",
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 `
 
@@ -33,6 +33,7 @@ type wrkResult struct {
 	P50        time.Duration
 	P90        time.Duration
 	P99        time.Duration
+	P999       time.Duration // the 99.9th percentile
 	Max        time.Duration
 	RawSummary string
 }
@@ -77,7 +78,7 @@ func parseWrk(out string) (wrkResult, error) {
 		us := func(k string) time.Duration { return time.Duration(vals[k]) * time.Microsecond }
 		r.Requests, r.Duration, r.Bytes = vals["requests"], us("duration_us"), vals["bytes"]
 		r.Connect, r.Read, r.Write, r.Timeout, r.Status = vals["connect"], vals["read"], vals["write"], vals["timeout"], vals["status"]
-		r.P50, r.P90, r.P99, r.Max = us("p50_us"), us("p90_us"), us("p99_us"), us("max_us")
+		r.P50, r.P90, r.P99, r.P999, r.Max = us("p50_us"), us("p90_us"), us("p99_us"), us("p999_us"), us("max_us")
 		return r, nil
 	}
 	return r, fmt.Errorf("wrk printed no summary:\n%s", out)
