@@ -36,6 +36,15 @@ type App struct {
 	// host no other app claims. No port.
 	Host string `json:"host,omitempty"`
 
+	// The name of a pool: an app with a name and no host serves no host
+	// of its own, only the requests that other apps of the load_balancer
+	// split (see split) or mirror (see mirror) to it. Names are unique
+	// within a load_balancer; an app with a host has no name.
+	Name string `json:"name,omitempty"`
+
+	Splitting
+	Mirroring
+
 	Selection
 	Stickiness
 
@@ -108,6 +117,8 @@ type App struct {
 	overload  overload
 	fleet     *fleet.App // the config's fleet; nil without one
 	hedging   hedgeState
+	split     *split  // nil unless the app splits
+	mirror    *mirror // nil without mirror
 }
 
 // settings is what provision compiles an app's options into.
@@ -127,6 +138,8 @@ type settings struct {
 	limits       overloadSettings
 	outliers     outlierSettings
 	hedge        hedgeSettings
+	splitting    splitSettings
+	mirroring    mirrorSettings
 	discovery    discoverySettings
 	panic        int        // panic threshold, percent; 0: off
 	urls         []*url.URL // the configured instances' parsed URLs, in config order
@@ -250,7 +263,7 @@ func (a *App) compile() (settings, error) {
 	var s settings
 	err := s.compile(a)
 	if fe, ok := errors.AsType[*fieldError](err); ok {
-		fe.app = s.name
+		fe.app, fe.pool = s.name, a.isPool()
 	}
 	return s, err
 }
@@ -262,9 +275,27 @@ func (s *settings) compile(app *App) error {
 	if pattern == "" && err == nil {
 		s.name = "*"
 	}
+	if app.Name != "" {
+		// A pool: its instances' state is keyed apart from any host app's.
+		s.name, s.pattern = app.Name, poolPattern(app.Name)
+	}
 	s.nameValue = s.name
 	if err != nil {
 		return optionError("host", err)
+	}
+	if err := checkPoolName(app); err != nil {
+		return err
+	}
+	if s.splitting, err = app.Splitting.compile(); err != nil {
+		return err
+	}
+	if s.mirroring, err = app.Mirroring.compile(); err != nil {
+		return err
+	}
+	if len(s.splitting.pools) > 0 {
+		if err := checkSplitter(app); err != nil {
+			return err
+		}
 	}
 	if s.strategyName, s.strategy, err = app.Selection.compile(); err != nil {
 		return err
@@ -311,7 +342,7 @@ func (s *settings) compile(app *App) error {
 	if s.discovery, err = app.Discovery.compile(); err != nil {
 		return err
 	}
-	if err := s.compileInstances(app.Instances, s.discovery.on); err != nil {
+	if err := s.compileInstances(app.Instances, s.discovery.on || len(s.splitting.pools) > 0); err != nil {
 		return err
 	}
 	if app.HealthGRPC != nil {
@@ -374,6 +405,7 @@ func checkApp(app *App) error {
 type fieldError struct {
 	app, field string
 	err        error
+	pool       bool // the app is a pool: messages say so
 }
 
 // optionError is the error of the option (the field named by its json
@@ -382,7 +414,12 @@ func optionError(field string, err error) error {
 	return &fieldError{field: field, err: err}
 }
 
-func (e *fieldError) Error() string { return fmt.Sprintf("app %q: %s: %v", e.app, e.field, e.err) }
+func (e *fieldError) Error() string {
+	if e.pool {
+		return fmt.Sprintf("pool %q: %s: %v", e.app, e.field, e.err)
+	}
+	return fmt.Sprintf("app %q: %s: %v", e.app, e.field, e.err)
+}
 
 func (e *fieldError) Unwrap() error { return e.err }
 

@@ -38,6 +38,9 @@ func init() {
 //	        ...
 //	    }
 //	    app ...
+//	    pool <name> {
+//	        <app options, as in an app block>
+//	    }
 //	}
 //
 // or, for a single app that serves every host:
@@ -45,6 +48,10 @@ func init() {
 //	load_balancer [<matcher>] [<urls...>] {
 //	    <app options, as in an app block>
 //	}
+//
+// A pool is an app with a name instead of a host: it serves what apps
+// split (split <pool> <weight> ...) or mirror (mirror <pool>) to it. Pool
+// blocks may go with either form.
 //
 // <host> is a host name, a one-label wildcard (*.example.com) or * for
 // every host no other app claims. instances and instance may be repeated:
@@ -95,7 +102,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 var appFields = jsonfields.Of(reflect.TypeFor[App]())
 
 // notOptions are fields of App that are no option of their own name.
-var notOptions = map[string]bool{"host": true, "dynamic_upstreams": true, "tls": true}
+var notOptions = map[string]bool{"host": true, "name": true, "dynamic_upstreams": true, "tls": true}
 
 // appOptionNames lists the options of an app, for error messages.
 var appOptionNames = strings.Join(append(append(slices.DeleteFunc(appFields.Names(), func(n string) bool { return notOptions[n] }),
@@ -113,6 +120,7 @@ type caddyfileParser struct {
 	directive caddyfile.Token // load_balancer itself, where the shorthand app starts
 	apps      []*appParser
 	hosts     map[string]caddyfile.Token // normalized host → its app token, to catch duplicates
+	pools     map[string]caddyfile.Token // pool name → its token
 
 	// The form in use, so that the error for mixing both can say where
 	// the other form began: the shorthand's catch-all app and what
@@ -125,7 +133,8 @@ type caddyfileParser struct {
 // appParser is an app while its options are read.
 type appParser struct {
 	app  *App
-	name string          // for messages, as Provision names it: the host, or "*"
+	name string          // for messages, as Provision names it: the host, or "*", or the pool's name
+	pool bool            // a pool block
 	tok  caddyfile.Token // where the app begins, for errors found only at its end
 	// The lines of the options given so far, by field path (as a
 	// fieldError names it: "timeout", "instances[2].weight").
@@ -145,6 +154,10 @@ func (p *caddyfileParser) parse() error {
 			if err := p.parseApp(); err != nil {
 				return err
 			}
+		case opt == "pool":
+			if err := p.parsePool(); err != nil {
+				return err
+			}
 		case isAppOption(opt):
 			if p.firstApp != nil {
 				return d.Errf("load_balancer: %s: app options cannot be mixed with app blocks (first: app %q at %s:%d); move it into an app block",
@@ -159,7 +172,7 @@ func (p *caddyfileParser) parse() error {
 		case p.catchAll != nil:
 			return p.errf(p.catchAll, "unrecognized subdirective %q (want one of %s)", opt, appOptionNames)
 		default:
-			return d.Errf("load_balancer: unrecognized subdirective %q (want app or one of %s)", opt, appOptionNames)
+			return d.Errf("load_balancer: unrecognized subdirective %q (want app, pool or one of %s)", opt, appOptionNames)
 		}
 	}
 	return p.finish()
@@ -190,6 +203,34 @@ func (p *caddyfileParser) parseApp() error {
 	if p.firstApp == nil {
 		p.firstApp = a
 	}
+	return p.parseOptions(a)
+}
+
+// parsePool reads a pool block, an app with a name and no host (it serves
+// what apps split or mirror to it); the cursor is on "pool".
+func (p *caddyfileParser) parsePool() error {
+	d := p.d
+	tok := d.Token()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return d.Errf("pool: want one name, got %s", countArgs(args))
+	}
+	name := args[0]
+	if prev, dup := p.pools[name]; dup {
+		return d.Errf("pool %q: name: %v: the pool at %s:%d has it", name, ErrDuplicatePool, prev.File, prev.Line)
+	}
+	if p.pools == nil {
+		p.pools = make(map[string]caddyfile.Token)
+	}
+	p.pools[name] = tok
+	a := &appParser{app: &App{Name: name}, name: name, pool: true, tok: tok, seen: make(map[string]caddyfile.Token)}
+	p.apps = append(p.apps, a)
+	return p.parseOptions(a)
+}
+
+// parseOptions reads the option lines of the block of app or pool a.
+func (p *caddyfileParser) parseOptions(a *appParser) error {
+	d := p.d
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		if !isAppOption(d.Val()) {
 			return p.errf(a, "unrecognized subdirective %q (want one of %s)", d.Val(), appOptionNames)
@@ -321,14 +362,43 @@ func (p *caddyfileParser) finish() error {
 			if a == p.catchAll {
 				hint = "give them as arguments of load_balancer or on an instances line"
 			}
-			return errAt(a.tok, fmt.Errorf("app %q: instances: %w: %s", a.name, ErrNoInstances, hint))
+			if a.pool {
+				hint = "add an instances line to the pool block"
+			}
+			return errAt(a.tok, fmt.Errorf("%s: instances: %w: %s", a.label(), ErrNoInstances, hint))
 		case ok && a.seen[fe.field].Text != "":
 			return errAt(a.seen[fe.field], err)
 		default:
 			return errAt(a.tok, err)
 		}
 	}
+	return p.checkPoolNames()
+}
+
+// checkPoolNames refuses a split or mirror that names no pool block, at
+// its line (Provision would refuse it too, without one).
+func (p *caddyfileParser) checkPoolNames() error {
+	for _, a := range p.apps {
+		for i, sp := range a.app.Split {
+			if _, ok := p.pools[sp.Pool]; !ok {
+				return errAt(a.seen["split"], fmt.Errorf("%s: split[%d].pool: %w %q: no pool block has that name", a.label(), i, ErrUnknownPool, sp.Pool))
+			}
+		}
+		if m := a.app.Mirror; m != "" {
+			if _, ok := p.pools[m]; !ok {
+				return errAt(a.seen["mirror"], fmt.Errorf("%s: mirror: %w %q: no pool block has that name", a.label(), ErrUnknownPool, m))
+			}
+		}
+	}
 	return nil
+}
+
+// label names a in messages: app "host" or pool "name".
+func (a *appParser) label() string {
+	if a.pool {
+		return fmt.Sprintf("pool %q", a.name)
+	}
+	return fmt.Sprintf("app %q", a.name)
 }
 
 // startCatchAll begins the app of the shorthand form; from says what began
@@ -351,7 +421,7 @@ func (p *caddyfileParser) newApp(host, pattern string, tok caddyfile.Token) *app
 // errf returns an error about app a at the current token, in the form
 // Provision uses: `app "<name>": <option>: <problem>`.
 func (p *caddyfileParser) errf(a *appParser, format string, args ...any) error {
-	return p.d.WrapErr(fmt.Errorf("app %q: %w", a.name, fmt.Errorf(format, args...)))
+	return p.d.WrapErr(fmt.Errorf("%s: %w", a.label(), fmt.Errorf(format, args...)))
 }
 
 // errAt is WrapErr at tok rather than at the current token.

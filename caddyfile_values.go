@@ -34,6 +34,13 @@ func setOption(field reflect.Value, args []string) error {
 		}
 		field.Set(reflect.ValueOf(g))
 		return nil
+	case t == reflect.TypeFor[SplitPools]():
+		sp, err := parseSplit(args)
+		if err != nil {
+			return err
+		}
+		field.Set(reflect.ValueOf(sp))
+		return nil
 	case t == reflect.TypeFor[Statuses]():
 		if len(args) == 0 {
 			return errors.New("want one or more statuses (codes such as 503, or classes such as 5xx), got none")

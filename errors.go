@@ -63,6 +63,17 @@ var (
 	// app's other settings, such as hash_key without strategy hash.
 	ErrInapplicableOption = strategy.ErrInapplicableOption
 
+	// ErrUnknownPool: a split or mirror names no pool of the handler.
+	ErrUnknownPool = errors.New("unknown pool")
+	// ErrDuplicatePool: two pools of one name, or one pool twice in a
+	// split.
+	ErrDuplicatePool = errors.New("duplicate pool")
+	// ErrInvalidPoolName: a pool name with spaces, quotes or braces.
+	ErrInvalidPoolName = errors.New("invalid pool name")
+	// ErrInvalidSplit: a split or mirror that cannot be served, such as a
+	// pool that splits again.
+	ErrInvalidSplit = errors.New("invalid split")
+
 	// ErrNoApp: no app matches the request's host (HTTP 404).
 	ErrNoApp = errors.New("no app for host")
 	// ErrNoHealthyInstances: every instance of the app is down (HTTP 503).

@@ -80,10 +80,20 @@ var (
 	descHedgesWon = prometheus.NewDesc(metricsPrefix+"hedges_won_total",
 		"Hedges that answered first (the first attempt was then given up).", labelsApp, nil)
 
+	descSplitRequests = prometheus.NewDesc(metricsPrefix+"split_requests_total",
+		"Requests an app that splits sent to each of its pools.", []string{"app", "pool"}, nil)
+	descMirrored = prometheus.NewDesc(metricsPrefix+"mirrored_total",
+		"Copies of the app's requests sent to its mirror pool.", labelsApp, nil)
+	descMirrorDropped = prometheus.NewDesc(metricsPrefix+"mirror_dropped_total",
+		"Copies not sent: the mirror's queue was full, or the body too large or of unknown length.", labelsApp, nil)
+	descMirrorFailures = prometheus.NewDesc(metricsPrefix+"mirror_failures_total",
+		"Copies sent whose answer was an error or a 5xx (the client's answer is never affected).", labelsApp, nil)
+
 	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descMaxRequests, descRequests,
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
 		descDynamicUpdates, descDynamicErrors, descDynamicInstances,
-		descQueueLength, descQueueWait, descRejected, descHedges, descHedgesWon}
+		descQueueLength, descQueueWait, descRejected, descHedges, descHedgesWon,
+		descSplitRequests, descMirrored, descMirrorDropped, descMirrorFailures}
 )
 
 // stateLabels are the values of the state label.
@@ -205,6 +215,51 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	collectSources(ch, handlers)
 	collectOverload(ch, handlers)
 	collectHedges(ch, handlers)
+	collectTraffic(ch, handlers)
+}
+
+// collectTraffic reports the splits and mirrors of the handlers' apps;
+// apps of the same name are added up.
+func collectTraffic(ch chan<- prometheus.Metric, handlers []*Handler) {
+	type splitKey struct{ app, pool string }
+	split := map[splitKey]uint64{}
+	var splits []splitKey
+	type mirrorCounts struct{ mirrored, dropped, failures uint64 }
+	mirrors := map[string]*mirrorCounts{}
+	var mirrored []string
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			if sp := app.split; sp != nil {
+				for i, pool := range sp.pools {
+					k := splitKey{app.name, pool.name}
+					if _, ok := split[k]; !ok {
+						splits = append(splits, k)
+					}
+					split[k] += sp.requests[i].Load()
+				}
+			}
+			if m := app.mirror; m != nil {
+				mc := mirrors[app.name]
+				if mc == nil {
+					mc = new(mirrorCounts)
+					mirrors[app.name] = mc
+					mirrored = append(mirrored, app.name)
+				}
+				mc.mirrored += m.mirrored.Load()
+				mc.dropped += m.dropped()
+				mc.failures += m.failures.Load()
+			}
+		}
+	}
+	for _, k := range splits {
+		ch <- prometheus.MustNewConstMetric(descSplitRequests, prometheus.CounterValue, float64(split[k]), k.app, k.pool)
+	}
+	for _, n := range mirrored {
+		mc := mirrors[n]
+		ch <- prometheus.MustNewConstMetric(descMirrored, prometheus.CounterValue, float64(mc.mirrored), n)
+		ch <- prometheus.MustNewConstMetric(descMirrorDropped, prometheus.CounterValue, float64(mc.dropped), n)
+		ch <- prometheus.MustNewConstMetric(descMirrorFailures, prometheus.CounterValue, float64(mc.failures), n)
+	}
 }
 
 // collectHedges reports the hedges of the handlers' apps that hedge;

@@ -78,9 +78,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := app.provision(); err != nil {
 			return err
 		}
+		if app.isPool() {
+			continue // served through the apps that split or mirror to it
+		}
 		if err := h.router.add(app.pattern, app); err != nil {
 			return fmt.Errorf("app %q: host: %w: another app already serves it", app.name, err)
 		}
+	}
+	if err := h.resolvePools(); err != nil {
+		return err
 	}
 
 	var err error
@@ -198,6 +204,9 @@ func (h *Handler) Cleanup() error {
 		if app.dynamic != nil {
 			app.unsubscribe()
 		}
+		if app.mirror != nil {
+			app.mirror.close()
+		}
 		if app.transport != nil {
 			app.retired.Store(true)
 			app.closeIdle()
@@ -213,7 +222,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if app == nil {
 		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("%w %q", ErrNoApp, r.Host))
 	}
-	return app.serve(w, r)
+	return app.route(w, r)
 }
 
 // Interface guards

@@ -12,7 +12,8 @@ func (h *Handler) ReportApps() []report.App {
 	apps := make([]report.App, 0, len(h.Apps))
 	now := backend.Now()
 	for _, app := range h.Apps {
-		ra := report.App{Host: app.Host, Strategy: app.strategyName, Panic: app.pool.Panicking()}
+		ra := report.App{Host: app.Host, Pool: app.Name, Strategy: app.strategyName, Panic: app.pool.Panicking()}
+		ra.Split, ra.Mirror = app.reportTraffic()
 		if source, n, updated, lastError, ok := app.dynamicReport(); ok {
 			ra.Dynamic = &report.Dynamic{Source: source, Instances: n, LastError: lastError}
 			if !updated.IsZero() {
@@ -119,7 +120,7 @@ func (h *Handler) Drain(host, rawURL string, drain bool) (apps, instances int) {
 	}
 	now := backend.Now()
 	for _, app := range h.Apps {
-		if app.pattern != pattern {
+		if app.pattern != pattern && (!app.isPool() || app.Name != host) {
 			continue
 		}
 		apps++

@@ -12,6 +12,19 @@ import (
 	"github.com/golb/caddy-lb/backend"
 )
 
+// route serves r with the app: a copy goes to its mirror, if it has one
+// and r is among the share copied; then r goes to the pool its split
+// picks, if it splits, or else to one of its instances.
+func (a *App) route(w http.ResponseWriter, r *http.Request) error {
+	if a.mirror != nil {
+		a.mirror.copy(r)
+	}
+	if a.split != nil {
+		return a.split.serve(w, r)
+	}
+	return a.serve(w, r)
+}
+
 // serve proxies r to the instance its sticky cookie names, if there is one
 // and it is available, or else to an instance picked by the app's strategy
 // (and then sets the sticky cookie, if the app has one). A failed attempt

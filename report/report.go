@@ -44,8 +44,17 @@ type Report struct {
 
 // App is one app of a load balancer.
 type App struct {
-	Host     string `json:"host"`
+	Host string `json:"host"`
+	// Pool is the name of a pool (an app with no host, which serves what
+	// other apps split or mirror to it); absent for other apps.
+	Pool     string `json:"pool,omitempty"`
 	Strategy string `json:"strategy"`
+	// Split lists the pools an app that splits sends its requests to;
+	// absent for other apps.
+	Split []SplitPool `json:"split,omitempty"`
+	// Mirror describes the copies of the app's requests sent to its
+	// mirror pool; absent without one.
+	Mirror *Mirror `json:"mirror,omitempty"`
 	// Panic says too few of the app's instances are available, so that
 	// it balances over all of them (see the app's panic_threshold).
 	Panic bool `json:"panic,omitempty"`
@@ -66,6 +75,32 @@ type App struct {
 	// absent without hedge_after.
 	HedgeDelayMs *float64   `json:"hedge_delay_ms,omitempty"`
 	Instances    []Instance `json:"instances"`
+}
+
+// SplitPool is one pool of a split.
+type SplitPool struct {
+	Pool string `json:"pool"`
+	// Weight is its weight in the split, and Percent its share of the
+	// requests that are not pinned.
+	Weight  int     `json:"weight"`
+	Percent float64 `json:"percent"`
+	// Requests is the number of requests the split sent it, pinned ones
+	// included, since the config loaded.
+	Requests uint64 `json:"requests"`
+}
+
+// Mirror is an app's mirroring.
+type Mirror struct {
+	Pool    string  `json:"pool"`
+	Percent float64 `json:"percent"`
+	// Mirrored: copies sent; Dropped: copies not sent (the queue full, or
+	// a body too large or of unknown length); Failures: copies sent whose
+	// answer was an error or a 5xx; Queued: copies waiting now. Since the
+	// config loaded.
+	Mirrored uint64 `json:"mirrored"`
+	Dropped  uint64 `json:"dropped"`
+	Failures uint64 `json:"failures"`
+	Queued   int    `json:"queued"`
 }
 
 // Dynamic is an app's source of dynamic instances.

@@ -1,0 +1,87 @@
+package caddylb
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+)
+
+// Pools: apps with a name and no host, which serve only what other apps
+// split or mirror to them (see split.go and mirror.go).
+
+// poolPattern is what a pool has for a host pattern: a string no host
+// normalizes to, so that its instances' state is keyed apart from every
+// host app's (and the catch-all's, whose pattern is "").
+func poolPattern(name string) string { return "\x00pool " + name }
+
+// isPool reports whether the app is a pool.
+func (a *App) isPool() bool { return a.Name != "" }
+
+// checkPoolName checks the name of a pool.
+func checkPoolName(app *App) error {
+	switch {
+	case app.Name == "":
+		return nil
+	case app.Host != "":
+		return optionError("name", fmt.Errorf("%w: an app has a host or, as a pool, a name, not both", ErrInapplicableOption))
+	case strings.ContainsAny(app.Name, " \t\r\n\"'{}") || strings.ContainsRune(app.Name, 0):
+		return optionError("name", fmt.Errorf("%w %q: want a name without spaces, quotes or braces", ErrInvalidPoolName, app.Name))
+	}
+	return nil
+}
+
+// splitterOptions are the options an app that splits may have: the
+// others belong to its pools.
+var splitterOptions = map[string]bool{"host": true, "name": true, "split": true, "split_header": true, "split_cookie": true,
+	"mirror": true, "mirror_percent": true, "mirror_max_body": true, "mirror_concurrency": true, "mirror_queue": true, "mirror_timeout": true}
+
+// checkSplitter refuses the options an app that splits cannot use: it has
+// no instances, and its requests are served by its pools, with theirs.
+func checkSplitter(app *App) error {
+	v := reflect.ValueOf(app).Elem()
+	for _, name := range appFields.Names() {
+		if splitterOptions[name] {
+			continue
+		}
+		if f := v.FieldByIndex(appFields.ByName[name].Index); !f.IsZero() {
+			return optionError(name, fmt.Errorf("%w: an app that splits has no instances of its own; give its pools the option", ErrInapplicableOption))
+		}
+	}
+	return nil
+}
+
+// appError is the error of an app's field found after the app was
+// compiled (its name known).
+func appError(app *App, field string, err error) error {
+	return &fieldError{app: app.name, field: field, err: err, pool: app.isPool()}
+}
+
+// resolvePools finds the pools the handler's splits and mirrors name, once
+// every app is compiled, and refuses pools of one name and references to
+// no pool.
+func (h *Handler) resolvePools() error {
+	pools := map[string]*App{}
+	for i, app := range h.Apps {
+		if !app.isPool() {
+			continue
+		}
+		if prev, dup := pools[app.Name]; dup {
+			return fmt.Errorf("apps[%d]: pool %q: name: %w: another pool has it (%s)", i, app.Name, ErrDuplicatePool, prev.name)
+		}
+		pools[app.Name] = app
+	}
+	var err error
+	for _, app := range h.Apps {
+		if len(app.splitting.pools) > 0 {
+			if app.split, err = resolveSplit(app, pools); err != nil {
+				return err
+			}
+		}
+		if app.mirroring.pool != "" {
+			if app.mirror, err = resolveMirror(app, pools); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
