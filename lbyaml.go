@@ -225,13 +225,23 @@ func (a *yamlAdapter) apps(n *yaml.Node) (*Handler, error) {
 	}
 	h := &Handler{Apps: make([]*App, 0, len(n.Content))}
 	hosts := make(map[string]*yaml.Node) // normalized host → the app that has it
+	pools := make(map[string]*yaml.Node) // pool name → the pool
 	for i, node := range n.Content {
 		app, err := a.app(i, node)
 		if err != nil {
 			return nil, err
 		}
-		// Provision refuses two apps with one host too; here the error can
-		// say where the first one is.
+		// Provision refuses two apps with one host (or pools with one
+		// name) too; here the error can say where the first one is.
+		if app.isPool() {
+			if prev, dup := pools[app.Name]; dup {
+				return nil, a.ErrAt(a.lookup("name"), "",
+					fmt.Errorf("name: %w: the pool at line %d has it", ErrDuplicatePool, prev.Line))
+			}
+			pools[app.Name] = a.Nodes[""]
+			h.Apps = append(h.Apps, app)
+			continue
+		}
 		pattern, _ := normalizeAppHost(app.Host) // checked by app
 		if prev, dup := hosts[pattern]; dup {
 			return nil, a.ErrAt(a.lookup("host"), "",
@@ -239,6 +249,17 @@ func (a *yamlAdapter) apps(n *yaml.Node) (*Handler, error) {
 		}
 		hosts[pattern] = a.Nodes[""]
 		h.Apps = append(h.Apps, app)
+	}
+	// Splits and mirrors name pools of the file.
+	for i, app := range h.Apps {
+		for j, sp := range app.Split {
+			if pools[sp.Pool] == nil {
+				return nil, fmt.Errorf("%s: apps[%d]: split[%d].pool: %w %q: no pool of the file has that name", a.File(), i, j, ErrUnknownPool, sp.Pool)
+			}
+		}
+		if app.Mirror != "" && pools[app.Mirror] == nil {
+			return nil, fmt.Errorf("%s: apps[%d]: mirror: %w %q: no pool of the file has that name", a.File(), i, ErrUnknownPool, app.Mirror)
+		}
 	}
 	return h, nil
 }
@@ -269,13 +290,19 @@ func (a *yamlAdapter) app(i int, n *yaml.Node) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	var host *yaml.Node
+	var host, name *yaml.Node
 	for _, p := range pairs {
-		if p.Name == "host" {
+		switch p.Name {
+		case "host":
 			host = p.Value
+		case "name":
+			name = p.Value
 		}
 	}
 	a.Label = a.appLabel(i, host)
+	if host == nil && name != nil && name.Kind == yaml.ScalarNode && name.ShortTag() == "!!str" {
+		a.Label = fmt.Sprintf("pool %q", name.Value)
+	}
 
 	v, err := a.Walk(n, reflect.TypeFor[App](), "", 0)
 	if err != nil {

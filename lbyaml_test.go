@@ -99,7 +99,7 @@ server: x
     instances: [{url: http://127.0.0.1:1}]
 `,
 		pos:  "config.yaml:3:5:",
-		want: []string{`app "a.test": unknown key "bogus" (want host, strategy, `, "instances"},
+		want: []string{`app "a.test": unknown key "bogus" (want host, name, split, `, "instances"},
 	},
 	{
 		name: "unknown instance key",
