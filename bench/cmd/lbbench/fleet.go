@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"strconv"
@@ -193,15 +191,6 @@ func fleetNodeConfig(adminPort, port int, addrs []string, backendPort int, fleet
 
 // fleetProbing reads a node's report and counts the instances it probes.
 func fleetProbing(adminPort int) (int, error) {
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/loadBalancers/report", adminPort))
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("report: status %d", resp.StatusCode)
-	}
 	var rep struct {
 		Apps []struct {
 			Instances []struct {
@@ -211,7 +200,7 @@ func fleetProbing(adminPort int) (int, error) {
 			} `json:"instances"`
 		} `json:"apps"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+	if err := getJSON(fmt.Sprintf("http://127.0.0.1:%d/api/v1/loadBalancers/report", adminPort), &rep); err != nil {
 		return 0, err
 	}
 	n := 0

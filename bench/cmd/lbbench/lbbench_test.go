@@ -406,6 +406,9 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 	for _, c := range hedgeCases {
 		configs["hedge "+c.key] = hedgeConfig(c.key, c.hedge, 2999, 8080, ports)
 	}
+	for _, c := range mirrorCases {
+		configs["mirror "+c.key] = mirrorConfig(2999, 8080, ports, c.shadow, 9009)
+	}
 	for name, config := range configs {
 		t.Run(name, func(t *testing.T) {
 			out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(config), map[string]any{"filename": "Caddyfile"})
@@ -426,6 +429,7 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 		"capacity auto":     `"max_requests":"auto"`,
 		"capacity static16": `"max_requests":16`,
 		"hedge lb_p95":      `"hedge_after":"p95"`,
+		"mirror lb_dead":    `"mirror":"shadow"`,
 	} {
 		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(configs[name]), nil)
 		if err != nil || !strings.Contains(string(out), want) {
