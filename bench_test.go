@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -162,5 +163,59 @@ func (w *discardWriter) Write(b []byte) (int, error) {
 func (w *discardWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
+	}
+}
+
+// BenchmarkServeHTTPGRPC is BenchmarkServeHTTP for a unary gRPC call: a
+// POST of one length-prefixed message over HTTP/2 semantics (as Caddy's
+// server hands it to a handler), to a grpc-go backend over h2c, through
+// load_balancer with an h2c:// instance and reverse_proxy with its h2c
+// transport:
+//
+//	go test -run='^$' -bench=ServeHTTPGRPC -benchmem .
+func BenchmarkServeHTTPGRPC(b *testing.B) {
+	be := newGRPCBackend(b, "grpc", nil)
+	dial := be.ln.Addr().String()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// An empty SimpleRequest: a message of length 0.
+	frame := []byte{0, 0, 0, 0, 0}
+	for _, bc := range []struct {
+		name, id, config string
+	}{
+		{"load_balancer", "http.handlers.load_balancer",
+			fmt.Sprintf(`{"apps":[{"instances":[{"url":%q}]}]}`, be.url("h2c"))},
+		{"reverse_proxy", "http.handlers.reverse_proxy",
+			fmt.Sprintf(`{"upstreams":[{"dial":%q}],"transport":{"protocol":"http","versions":["h2c"]}}`, dial)},
+	} {
+		mod, err := ctx.LoadModuleByID(bc.id, json.RawMessage(bc.config))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer mod.(caddy.CleanerUpper).Cleanup()
+		h := mod.(caddyhttp.MiddlewareHandler)
+		next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			w := &discardWriter{header: http.Header{}}
+			body := bytes.NewReader(frame)
+			req := httptest.NewRequest(http.MethodPost, "http://example.com/grpc.testing.TestService/UnaryCall", body)
+			req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/2.0", 2, 0
+			req.Header.Set("Content-Type", "application/grpc")
+			req.Header.Set("Te", "trailers")
+			req.ContentLength = -1
+			req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), nil, &caddyhttp.Server{})
+			for b.Loop() {
+				clear(w.header)
+				w.status = 0
+				body.Reset(frame)
+				req.Body = io.NopCloser(body)
+				if err := h.ServeHTTP(w, req, next); err != nil || w.status != 200 {
+					b.Fatalf("status %d, error %v", w.status, err)
+				}
+			}
+		})
 	}
 }

@@ -54,6 +54,11 @@ mutations=(
 	hedge.go 'other.at.abandon(other.res, other.err)' '_, _ = other.at.finish(other.res, other.err, r)' . '^TestHedging$'
 	serve.go 'if n == 0 && a.hedge.on && !pinned && hedgeable(r) {' 'if false {' . '^TestHedging$'
 	outlier.go 'a.pool.SweepOutliers(&a.outliers.policy, backend.Now())' '_ = a.pool' . '^TestOutlierEjection$'
+	split.go 'current[best] -= total' 'current[best] -= 0' . '^TestSplit$'
+	split.go 'if pool.sticky != nil && pool.sticky.pinned(r, pool.members.Load()) != nil {' 'if false {' . '^TestSplit$'
+	mirror.go 'c = c.WithContext(mirrorContext{Context: ctx, values: c.Context()})' 'c = c.WithContext(c.Context())' . '^TestMirror$'
+	mirror.go 'm.droppedFull.Add(1)' 'm.queue <- c' . '^TestMirror$'
+	mirror.go 'c.Header.Set(MirrorHeader, "1")' '' . '^TestMirror$'
 )
 
 selected=" $* "
