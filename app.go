@@ -209,6 +209,13 @@ type Selection struct {
 	// strategy hash. Default: client_ip.
 	HashKey string `json:"hash_key,omitempty"`
 
+	// A load bound for strategy hash (consistent hashing with bounded
+	// loads, HAProxy's hash-balance-factor): no instance serves more than
+	// this factor times its share of the requests in flight; a key whose
+	// instance is at the bound goes to the next in its ranking. Above 1,
+	// at most 100; 1.25 allows 25% above the mean. Default: no bound.
+	HashBalance *float64 `json:"hash_balance,omitempty"`
+
 	// The decay window of least_latency's latency estimates: the weight of
 	// a sample falls to 1/e after this long, and an idle instance's
 	// estimate decays toward 0 at that pace, so a slow instance is tried
@@ -225,6 +232,11 @@ func (s *Selection) compile() (string, strategy.Strategy, error) {
 		name = strategy.Default
 	}
 	opts := strategy.Options{HashKey: s.HashKey}
+	if s.HashBalance != nil {
+		if opts.HashBalance = *s.HashBalance; opts.HashBalance == 0 {
+			return "", nil, optionError("hash_balance", fmt.Errorf("%w: want a factor above 1 (1.25), got 0", strategy.ErrInvalidOption))
+		}
+	}
 	if s.LatencyDecay != nil {
 		var err error
 		if opts.LatencyDecay, err = positive(s.LatencyDecay, 0); err != nil {

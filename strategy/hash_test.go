@@ -2,11 +2,14 @@ package strategy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -350,5 +353,84 @@ func TestHashKeys(t *testing.T) {
 				t.Errorf("a request with another key went to the same instance %s", first)
 			}
 		})
+	}
+}
+
+// TestHashBalance checks the load bound of hash_balance: a hot key's
+// requests spill over so that no instance holds more than the bound, in
+// the key's ranking; without load, or for keys whose instance is under
+// the bound, the mapping is that of plain hashing.
+func TestHashBalance(t *testing.T) {
+	hosts := hostNames(4)
+	for _, tc := range []struct {
+		name    string
+		weights []int
+	}{
+		{"equal weights", nil},
+		{"weighted", []int{1, 2, 3, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plain := seeded(t, "hash", strategy.Options{HashKey: "header:X-Key"}, 1)
+			bounded := seeded(t, "hash", strategy.Options{HashKey: "header:X-Key", HashBalance: 1.25}, 1)
+			ins := hostsAt(t, hosts, tc.weights...)
+			p := backend.NewPool(ins...)
+			if a, b := mapping(t, plain, p, 2000), mapping(t, bounded, p, 2000); !slices.Equal(a, b) {
+				t.Fatal("without load, bounded hashing maps keys differently from plain hashing")
+			}
+
+			// 200 requests of one key, each held: the bound holds at
+			// every step, and the spill follows the key's ranking.
+			totalW := 0.0
+			for _, in := range ins {
+				totalW += float64(in.SelectionWeight())
+			}
+			first := plain.Select(p, withHeader("hot"))
+			for n := range 200 {
+				in := bounded.Select(p, withHeader("hot"))
+				bound := math.Ceil(1.25 * float64(n+1) * float64(in.SelectionWeight()) / totalW)
+				if float64(in.InFlight()) >= bound {
+					t.Fatalf("request %d went to %s with %d in flight, at its bound %.0f", n, in.URL().Host, in.InFlight(), bound)
+				}
+				if !in.TryAcquire(0) {
+					t.Fatal("TryAcquire without a limit failed")
+				}
+			}
+			if first.InFlight() == 0 {
+				t.Error("the hot key's own instance got none of its requests")
+			}
+			for _, in := range ins {
+				share := float64(in.SelectionWeight()) / totalW
+				if got, most := float64(in.InFlight()), math.Ceil(1.25*201*share); got > most {
+					t.Errorf("%s holds %.0f, more than 1.25 × its share (%.0f)", in.URL().Host, got, most)
+				}
+			}
+
+			// Keys of instances under the bound stay where plain hashing
+			// puts them; only those of instances at it move.
+			a, b := mapping(t, plain, p, 2000), mapping(t, bounded, p, 2000)
+			atBound := map[string]bool{}
+			for _, in := range ins {
+				share := float64(in.SelectionWeight()) / totalW
+				if float64(in.InFlight()) >= math.Ceil(1.25*201*share) {
+					atBound[in.URL().Host] = true
+				}
+			}
+			for k := range a {
+				if a[k] != b[k] && !atBound[a[k]] {
+					t.Fatalf("key user-%d moved from %s (under its bound) to %s", k, a[k], b[k])
+				}
+			}
+			for _, in := range ins {
+				for in.InFlight() > 0 {
+					in.Release()
+				}
+			}
+		})
+	}
+	if _, err := strategy.NewWithOptions("hash", strategy.Options{HashBalance: 1}); err == nil {
+		t.Error("hash_balance 1 accepted")
+	}
+	if _, err := strategy.NewWithOptions("round_robin", strategy.Options{HashBalance: 1.25}); !errors.Is(err, strategy.ErrInapplicableOption) {
+		t.Errorf("hash_balance with round_robin: %v, want ErrInapplicableOption", err)
 	}
 }

@@ -44,6 +44,10 @@ type Options struct {
 	// HashKey is what the hash strategy hashes: "client_ip", "header:NAME",
 	// "cookie:NAME", "query:NAME" or "uri". Default: client_ip.
 	HashKey string
+	// HashBalance bounds the hash strategy's loads: no instance gets more
+	// than HashBalance times its share of the requests in flight (see
+	// Hash). 0: no bound; otherwise more than 1, at most 100.
+	HashBalance float64
 	// LatencyDecay is least_latency's decay window τ: a latency sample's
 	// weight falls to 1/e after τ. Default: 10s. Must not be negative.
 	LatencyDecay time.Duration
@@ -52,6 +56,7 @@ type Options struct {
 // Option names, as in the config.
 const (
 	OptionHashKey      = "hash_key"
+	OptionHashBalance  = "hash_balance"
 	OptionLatencyDecay = "latency_decay"
 )
 
@@ -60,6 +65,9 @@ func (o Options) set() []string {
 	var names []string
 	if o.HashKey != "" {
 		names = append(names, OptionHashKey)
+	}
+	if o.HashBalance != 0 {
+		names = append(names, OptionHashBalance)
 	}
 	if o.LatencyDecay != 0 {
 		names = append(names, OptionLatencyDecay)
