@@ -409,6 +409,9 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 	for _, c := range mirrorCases {
 		configs["mirror "+c.key] = mirrorConfig(2999, 8080, ports, c.shadow, 9009)
 	}
+	for _, c := range hotKeyCases {
+		configs["hotkey "+c.key] = hotKeyConfig(c.key, c.site, 2999, 8080, ports)
+	}
 	for name, config := range configs {
 		t.Run(name, func(t *testing.T) {
 			out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(config), map[string]any{"filename": "Caddyfile"})
@@ -430,6 +433,7 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 		"capacity static16": `"max_requests":16`,
 		"hedge lb_p95":      `"hedge_after":"p95"`,
 		"mirror lb_dead":    `"mirror":"shadow"`,
+		"hotkey lb_bounded": `"hash_balance":1.25`,
 	} {
 		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(configs[name]), nil)
 		if err != nil || !strings.Contains(string(out), want) {

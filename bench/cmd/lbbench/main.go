@@ -127,6 +127,7 @@ type options struct {
 	overload         bool
 	hedge            bool
 	mirror           bool
+	hotKey           bool
 	slowPercent      float64
 	fleet            bool
 	fleetInstances   int
@@ -219,6 +220,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.hedge, "hedge", false, "also measure hedging: three backends, one answering -slow-percent of its requests after 200 ms; reverse_proxy, load_balancer without and with hedge_after")
 	fs.Float64Var(&o.slowPercent, "slow-percent", 6, "with -hedge: the share (%) of the slow backend's requests answered after 200 ms")
 	fs.BoolVar(&o.mirror, "mirror", false, "also measure mirroring: the tiny workload with every request copied to a shadow that is healthy, down or slow, against no mirror and reverse_proxy")
+	fs.BoolVar(&o.hotKey, "hotkey", false, "also measure a hot key: every request with the same hash key, hash with and without hash_balance 1.25, and reverse_proxy's header policy")
 	fs.BoolVar(&o.fleet, "fleet", false, "also measure fleet health: three Caddy nodes checking the same instances, alone and as a fleet on etcd (probers 2)")
 	fs.IntVar(&o.fleetInstances, "fleet-instances", 1000, "instances for -fleet")
 	fs.DurationVar(&o.fleetDuration, "fleet-duration", 20*time.Second, "measured time of each -fleet config")
@@ -317,7 +319,7 @@ type tool struct{ command, pkg string }
 func (o options) neededTools() []tool {
 	var out []tool
 	http1 := len(o.workloads) > 0
-	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k || o.hedge || o.mirror {
+	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k || o.hedge || o.mirror || o.hotKey {
 		out = append(out, tool{"wrk", "wrk"})
 	}
 	if o.dynamic10k || o.fleet {
@@ -444,6 +446,11 @@ func (b *bench) run() error {
 	}
 	if b.opt.mirror {
 		if err := b.mirrorBench(); err != nil {
+			return err
+		}
+	}
+	if b.opt.hotKey {
+		if err := b.hotKeyBench(); err != nil {
 			return err
 		}
 	}
