@@ -42,9 +42,6 @@ type App struct {
 	// within a load_balancer; an app with a host has no name.
 	Name string `json:"name,omitempty"`
 
-	Splitting
-	Mirroring
-
 	Selection
 	Stickiness
 
@@ -83,6 +80,8 @@ type App struct {
 	RetryPolicy
 	Hedging
 	Overload
+	Splitting
+	Mirroring
 
 	// An instance that is added, becomes healthy or comes back from an
 	// ejection ramps its share of traffic from 10% to 100% of its weight
@@ -209,19 +208,19 @@ type Selection struct {
 	// strategy hash. Default: client_ip.
 	HashKey string `json:"hash_key,omitempty"`
 
-	// A load bound for strategy hash (consistent hashing with bounded
-	// loads, HAProxy's hash-balance-factor): no instance serves more than
-	// this factor times its share of the requests in flight; a key whose
-	// instance is at the bound goes to the next in its ranking. Above 1,
-	// at most 100; 1.25 allows 25% above the mean. Default: no bound.
-	HashBalance *float64 `json:"hash_balance,omitempty"`
-
 	// The decay window of least_latency's latency estimates: the weight of
 	// a sample falls to 1/e after this long, and an idle instance's
 	// estimate decays toward 0 at that pace, so a slow instance is tried
 	// again. Shorter reacts faster and forgets sooner. Only with strategy
 	// least_latency. Default: 10s.
 	LatencyDecay *Duration `json:"latency_decay,omitempty"`
+
+	// A load bound for strategy hash (consistent hashing with bounded
+	// loads, HAProxy's hash-balance-factor): no instance serves more than
+	// this factor times its share of the requests in flight; a key whose
+	// instance is at the bound goes to the next in its ranking. Above 1,
+	// at most 100; 1.25 allows 25% above the mean. Default: no bound.
+	HashBalance *float64 `json:"hash_balance,omitempty"`
 }
 
 // compile returns the strategy's name (the default if unset) and the

@@ -259,7 +259,7 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "unknown subdirective before any app",
 		input:   "load_balancer {\n\tapps a.example.com {\n\t}\n}",
-		wantErr: []string{`load_balancer: unrecognized subdirective "apps" (want app or one of`},
+		wantErr: []string{`load_balancer: unrecognized subdirective "apps" (want app, pool or one of`},
 		line:    2,
 	},
 	{
@@ -1172,7 +1172,7 @@ func TestCaddyfileHasEveryAppOption(t *testing.T) {
 	listed := strings.Split(list, ", ")
 	for _, f := range reflect.VisibleFields(reflect.TypeFor[caddylb.App]()) {
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if !f.IsExported() || name == "" || name == "-" || name == "host" {
+		if !f.IsExported() || name == "" || name == "-" || name == "host" || name == "name" {
 			continue
 		}
 		if name == "dynamic_upstreams" {

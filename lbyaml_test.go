@@ -99,7 +99,7 @@ server: x
     instances: [{url: http://127.0.0.1:1}]
 `,
 		pos:  "config.yaml:3:5:",
-		want: []string{`app "a.test": unknown key "bogus" (want host, name, split, `, "instances"},
+		want: []string{`app "a.test": unknown key "bogus" (want host, name, strategy, `, "instances"},
 	},
 	{
 		name: "unknown instance key",
@@ -1122,7 +1122,7 @@ func FuzzLBYAMLAdapt(f *testing.F) {
 			t.Fatalf("handler %s: %v", srv.Routes[0].Handle[0], err)
 		}
 		for _, app := range h.Apps {
-			if app == nil || len(app.Instances) == 0 {
+			if app == nil || len(app.Instances) == 0 && len(app.Split) == 0 {
 				t.Fatalf("an app without instances: %s", out)
 			}
 		}

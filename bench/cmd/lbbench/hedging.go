@@ -66,39 +66,24 @@ func (b *bench) hedgeBench() error {
 	samples := map[string][]sample{}
 	for r := 1; r <= b.opt.rounds; r++ {
 		for _, c := range hedgeCases {
-			admin, err1 := freePort()
-			front, err2 := freePort()
-			if err1 != nil || err2 != nil {
-				return fmt.Errorf("no free port: %v %v", err1, err2)
-			}
-			caddy, err := b.startCaddy(fmt.Sprintf("hedge-%s-r%d", c.key, r), hedgeConfig(c.key, c.hedge, admin, front, ports),
-				fmt.Sprintf("http://127.0.0.1:%d/config/", admin), "")
-			if err != nil {
-				return err
-			}
-			run := wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: hedgeConns,
-				url: fmt.Sprintf("http://127.0.0.1:%d/", front), script: filepath.Join(b.work, "report.lua")}
-			if b.opt.warmup > 0 {
-				run.duration = b.opt.warmup
-				if _, err := b.runWrk(run); err != nil {
-					stop(caddy, 5*time.Second)
-					return err
-				}
-			}
-			run.duration = b.opt.duration
-			run.logPath = filepath.Join(b.out, "logs", fmt.Sprintf("wrk-hedge-%s-r%d.txt", c.key, r))
-			before := served()
-			res, err := b.runWrk(run)
-			// Answers in flight when wrk stopped are counted by the
-			// backends and not by wrk: a hedgeSlow later, they are done.
-			time.Sleep(hedgeSlow + 50*time.Millisecond)
-			after := served()
-			stop(caddy, 5*time.Second)
+			var before, after int64
+			name := fmt.Sprintf("hedge-%s-r%d", c.key, r)
+			res, err := b.measureCase(caseRun{name: name,
+				config: func(admin, front int) string { return hedgeConfig(c.key, c.hedge, admin, front, ports) },
+				wrk:    wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: hedgeConns},
+				before: func() error { before = served(); return nil },
+				after: func(int) error {
+					// Answers in flight when wrk stopped are counted by the
+					// backends and not by wrk: a hedgeSlow later, they are done.
+					time.Sleep(hedgeSlow + 50*time.Millisecond)
+					after = served()
+					return nil
+				}})
 			if err != nil {
 				return err
 			}
 			if res.Errors() > 0 {
-				return fmt.Errorf("hedge %s, round %d: %d errors (see %s)", c.key, r, res.Errors(), run.logPath)
+				return fmt.Errorf("hedge %s, round %d: %d errors (see logs/wrk-%s.txt)", c.key, r, res.Errors(), name)
 			}
 			s := sample{rps: res.RPS(), p50: ms(res.P50), p99: ms(res.P99), p999: ms(res.P999)}
 			if res.Requests > 0 {

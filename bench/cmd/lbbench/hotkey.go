@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 )
@@ -32,33 +31,16 @@ func (b *bench) hotKeyBench() error {
 	const conns = 16
 	for r := 1; r <= b.opt.rounds; r++ {
 		for _, c := range hotKeyCases {
-			admin, err1 := freePort()
-			front, err2 := freePort()
-			if err1 != nil || err2 != nil {
-				return fmt.Errorf("no free port: %v %v", err1, err2)
-			}
-			caddy, err := b.startCaddy(fmt.Sprintf("hotkey-%s-r%d", c.key, r), hotKeyConfig(c.key, c.site, admin, front, ports),
-				fmt.Sprintf("http://127.0.0.1:%d/", front), "")
-			if err != nil {
-				return err
-			}
-			run := wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: conns, headers: []string{"X-Key: hot"},
-				url: fmt.Sprintf("http://127.0.0.1:%d/", front), script: filepath.Join(b.work, "report.lua")}
-			if b.opt.warmup > 0 {
-				run.duration = b.opt.warmup
-				if _, err := b.runWrk(run); err != nil {
-					stop(caddy, 5*time.Second)
-					return err
-				}
-			}
 			before := make([]int64, len(ports))
-			for i, p := range ports {
-				before[i], _, _ = backendStats(fmt.Sprintf("127.0.0.1:%d", p))
-			}
-			run.duration = b.opt.duration
-			run.logPath = filepath.Join(b.out, "logs", fmt.Sprintf("wrk-hotkey-%s-r%d.txt", c.key, r))
-			res, err := b.runWrk(run)
-			stop(caddy, 5*time.Second)
+			res, err := b.measureCase(caseRun{name: fmt.Sprintf("hotkey-%s-r%d", c.key, r),
+				config: func(admin, front int) string { return hotKeyConfig(c.key, c.site, admin, front, ports) },
+				wrk:    wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: conns, headers: []string{"X-Key: hot"}},
+				before: func() error {
+					for i, p := range ports {
+						before[i], _, _ = backendStats(fmt.Sprintf("127.0.0.1:%d", p))
+					}
+					return nil
+				}})
 			if err != nil {
 				return err
 			}

@@ -60,41 +60,27 @@ func (b *bench) mirrorBench() error {
 	samples := map[string][]sample{}
 	for r := 1; r <= b.opt.rounds; r++ {
 		for _, c := range mirrorCases {
-			admin, err1 := freePort()
-			front, err2 := freePort()
-			if err1 != nil || err2 != nil {
-				return fmt.Errorf("no free port: %v %v", err1, err2)
-			}
-			config := reverseProxyConfig(admin, front, ports)
-			if c.key != "rp" {
-				config = mirrorConfig(admin, front, ports, c.shadow, shadows[c.shadow])
-			}
-			caddy, err := b.startCaddy(fmt.Sprintf("mirror-%s-r%d", c.key, r), config, fmt.Sprintf("http://127.0.0.1:%d/", front), "")
-			if err != nil {
-				return err
-			}
-			run := wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: b.opt.connections,
-				url: fmt.Sprintf("http://127.0.0.1:%d/", front), script: filepath.Join(b.work, "report.lua")}
-			if b.opt.warmup > 0 {
-				run.duration = b.opt.warmup
-				if _, err := b.runWrk(run); err != nil {
-					stop(caddy, 5*time.Second)
-					return err
-				}
-			}
-			run.duration = b.opt.duration
-			run.logPath = filepath.Join(b.out, "logs", fmt.Sprintf("wrk-mirror-%s-r%d.txt", c.key, r))
-			res, err := b.runWrk(run)
 			var s sample
-			if err == nil && c.shadow != "" {
-				s.mirrored, s.dropped, err = mirrorReport(admin)
-			}
-			stop(caddy, 5*time.Second)
+			name := fmt.Sprintf("mirror-%s-r%d", c.key, r)
+			res, err := b.measureCase(caseRun{name: name,
+				config: func(admin, front int) string {
+					if c.key == "rp" {
+						return reverseProxyConfig(admin, front, ports)
+					}
+					return mirrorConfig(admin, front, ports, c.shadow, shadows[c.shadow])
+				},
+				wrk: wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: b.opt.connections},
+				after: func(admin int) (err error) {
+					if c.shadow != "" {
+						s.mirrored, s.dropped, err = mirrorReport(admin)
+					}
+					return err
+				}})
 			if err != nil {
 				return err
 			}
 			if res.Errors() > 0 {
-				return fmt.Errorf("mirror %s, round %d: %d errors (see %s)", c.key, r, res.Errors(), run.logPath)
+				return fmt.Errorf("mirror %s, round %d: %d errors (see logs/wrk-%s.txt)", c.key, r, res.Errors(), name)
 			}
 			s.rps, s.p50, s.p99 = res.RPS(), ms(res.P50), ms(res.P99)
 			samples[c.key] = append(samples[c.key], s)

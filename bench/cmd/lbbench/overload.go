@@ -52,30 +52,9 @@ func (b *bench) overloadBench() error {
 	samples := map[string][]sample{}
 	for r := 1; r <= b.opt.rounds; r++ {
 		for _, c := range overloadCases {
-			admin, err1 := freePort()
-			front, err2 := freePort()
-			if err1 != nil || err2 != nil {
-				return fmt.Errorf("no free port: %v %v", err1, err2)
-			}
-			caddy, err := b.startCaddy(fmt.Sprintf("overload-%s-r%d", c.key, r), overloadConfig(c.key, admin, front, port),
-				fmt.Sprintf("http://127.0.0.1:%d/config/", admin), "")
-			if err != nil {
-				return err
-			}
-			run := wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: overloadConns,
-				url: fmt.Sprintf("http://127.0.0.1:%d/", front), script: filepath.Join(b.work, "report.lua"),
-				timeout: overloadClientTimeout}
-			if b.opt.warmup > 0 {
-				run.duration = b.opt.warmup
-				if _, err := b.runWrk(run); err != nil {
-					stop(caddy, 5*time.Second)
-					return err
-				}
-			}
-			run.duration = b.opt.duration
-			run.logPath = filepath.Join(b.out, "logs", fmt.Sprintf("wrk-overload-%s-r%d.txt", c.key, r))
-			res, err := b.runWrk(run)
-			stop(caddy, 5*time.Second)
+			res, err := b.measureCase(caseRun{name: fmt.Sprintf("overload-%s-r%d", c.key, r),
+				config: func(admin, front int) string { return overloadConfig(c.key, admin, front, port) },
+				wrk:    wrkRun{cpus: b.opt.genCPUs, threads: b.opt.threads, connections: overloadConns, timeout: overloadClientTimeout}})
 			if err != nil {
 				return err
 			}
