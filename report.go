@@ -12,7 +12,7 @@ func (h *Handler) ReportApps() []report.App {
 	apps := make([]report.App, 0, len(h.Apps))
 	now := backend.Now()
 	for _, app := range h.Apps {
-		ra := report.App{Host: app.Host, Strategy: app.strategyName, Panic: app.pool.Panicking()}
+		ra := report.App{Host: app.Host, Strategy: app.strategyName, Panic: app.pool.Panicking(), ActiveTier: app.pool.ActiveTier()}
 		if source, n, updated, lastError, ok := app.dynamicReport(); ok {
 			ra.Dynamic = &report.Dynamic{Source: source, Instances: n, LastError: lastError}
 			if !updated.IsZero() {
@@ -33,8 +33,10 @@ func (h *Handler) ReportApps() []report.App {
 			ra.OutlierSweeps = &sweeps
 		}
 		m := app.members.Load()
-		for _, in := range app.pool.All() {
+		all, priorities := app.pool.Members()
+		for i, in := range all {
 			ri := reportInstance(in, now)
+			ri.Priority = priorities[i]
 			if app.limits.on() {
 				ri.MaxRequests = in.Limit(app.limits.of(in))
 			}

@@ -157,8 +157,9 @@ func (a *App) next(w http.ResponseWriter, r *http.Request, tried []*backend.Inst
 	}
 }
 
-// pick returns the instance for r's next attempt, none of tried if
-// possible, acquired (the caller must release it, with done), and whether
+// pick returns the instance for r's next attempt, of the app's active
+// tier (a worse tier's only for a retry that tried every available
+// instance of the active tier), none of tried if possible, acquired (the caller must release it, with done), and whether
 // it is an ejected instance's trial request and whether r's sticky cookie
 // named it. nil means no instance is available, or (full) that every one
 // that is is at max_requests.
@@ -198,16 +199,30 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 			return in, trial, false, false
 		}
 	}
+	untried := false // an available instance of the active tier not tried yet
 	for _, c := range a.pool.Available() {
 		if contains(tried, c) {
 			continue
 		}
+		untried = true
 		if ok, trial := take(c); ok {
 			return c, trial, false, false
 		}
 	}
 	if len(tried) == 0 {
 		return nil, false, false, full
+	}
+	if !untried {
+		// Every available instance of the active tier was tried: a retry
+		// goes to the next tiers' before one is tried again.
+		for _, c := range a.pool.Fallback() {
+			if contains(tried, c) {
+				continue
+			}
+			if ok, trial := take(c); ok {
+				return c, trial, false, false
+			}
+		}
 	}
 	// Every available instance was tried: a retry may go to one again,
 	// but never to the one that just failed.

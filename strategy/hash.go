@@ -23,8 +23,11 @@ func init() {
 		if err := s.setKey(o.HashKey); err != nil {
 			return nil, &OptionError{Option: OptionHashKey, Err: err}
 		}
+		if err := s.setBalance(o.HashBalance); err != nil {
+			return nil, &OptionError{Option: OptionHashBalance, Err: err}
+		}
 		return s, nil
-	}, OptionHashKey)
+	}, OptionHashKey, OptionHashBalance)
 }
 
 // Hash sends every request with the same key to the same instance, by
@@ -54,11 +57,16 @@ func init() {
 // Selection hashes the key once (FNV-1a) and mixes it with each
 // instance's precomputed URL hash: O(n), about 1.5 ns per instance with
 // equal weights, twice that with weights.
+//
+// With a load bound (hash_balance, see bounded.go) a key whose instance
+// has too many requests in flight goes to the next instance of its
+// ranking that has room, requests without a key too.
 type Hash struct {
 	rng
-	kind  keyKind
-	name  string // the header (canonical), cookie or query parameter
-	lists listCache[hashList]
+	kind    keyKind
+	name    string  // the header (canonical), cookie or query parameter
+	balance float64 // the load bound's factor; 0: none
+	lists   listCache[hashList]
 }
 
 type keyKind uint8
@@ -132,6 +140,14 @@ func (s *Hash) Select(pool *backend.Pool, r *http.Request) *backend.Instance {
 	}
 	hl := s.lists.get(list, newHashList)
 	key, ok := s.keyHash(r)
+	if s.balance > 0 {
+		if !ok {
+			// A random key: its ranking is a draw in proportion to the
+			// weights, walked as a key's is.
+			key = s.uint64()
+		}
+		return list[hl.bounded(list, key, s.balance)]
+	}
 	if !ok {
 		return list[hl.sampler.draw(&s.rng)]
 	}
@@ -140,9 +156,10 @@ func (s *Hash) Select(pool *backend.Pool, r *http.Request) *backend.Instance {
 
 // hashList is what Hash derives from a list of available instances.
 type hashList struct {
-	ids     []uint64  // per instance: the hash of its URL
-	weights []float64 // per instance; nil when all are equal
-	sampler sampler   // for requests without a key
+	ids       []uint64  // per instance: the hash of its URL
+	weights   []float64 // per instance; nil when all are equal
+	weightSum float64   // of weights
+	sampler   sampler   // for requests without a key
 }
 
 func newHashList(list []*backend.Instance) hashList {
@@ -154,6 +171,7 @@ func newHashList(list []*backend.Instance) hashList {
 		hl.weights = make([]float64, len(list))
 		for i, in := range list {
 			hl.weights[i] = float64(in.SelectionWeight())
+			hl.weightSum += hl.weights[i]
 		}
 	}
 	return hl

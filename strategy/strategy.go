@@ -47,12 +47,19 @@ type Options struct {
 	// LatencyDecay is least_latency's decay window τ: a latency sample's
 	// weight falls to 1/e after τ. Default: 10s. Must not be negative.
 	LatencyDecay time.Duration
+	// HashBalance is the hash strategy's load bound (consistent hashing
+	// with bounded loads, see bounded.go): no instance takes a request
+	// while it has ceil(HashBalance × (in flight in all + 1) × its share
+	// of the weight) requests in flight. 0: no bound; otherwise more than
+	// 1.
+	HashBalance float64
 }
 
 // Option names, as in the config.
 const (
 	OptionHashKey      = "hash_key"
 	OptionLatencyDecay = "latency_decay"
+	OptionHashBalance  = "hash_balance"
 )
 
 // set returns the names of the options given in o.
@@ -63,6 +70,9 @@ func (o Options) set() []string {
 	}
 	if o.LatencyDecay != 0 {
 		names = append(names, OptionLatencyDecay)
+	}
+	if o.HashBalance != 0 {
+		names = append(names, OptionHashBalance)
 	}
 	return names
 }
@@ -106,7 +116,7 @@ var (
 )
 
 // Register makes a strategy available by name; options lists the names of
-// the options it uses (OptionHashKey, OptionLatencyDecay). Each call to the
+// the options it uses (OptionHashKey, OptionLatencyDecay, OptionHashBalance). Each call to the
 // constructor must return a new value with its own state, since each app
 // balances independently. It panics on a duplicate name, like
 // caddy.RegisterModule, as that is a programming error.
