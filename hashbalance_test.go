@@ -17,7 +17,6 @@ func TestHashBalanceHotKey(t *testing.T) {
 	gate := newGate()
 	defer gate.open()
 	arrivals := make(chan string, 64)
-	var bs []*backend
 	var urls []any
 	for i := range 3 {
 		b := newBackend(t, fmt.Sprintf("b%d", i))
@@ -28,7 +27,6 @@ func TestHashBalanceHotKey(t *testing.T) {
 			}
 			_, _ = io.WriteString(w, b.name)
 		})
-		bs = append(bs, b)
 		urls = append(urls, b.URL)
 	}
 	s := newSite(t)
