@@ -178,7 +178,7 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		return true, trial
 	}
 	if a.sticky != nil && len(tried) == 0 {
-		if in = a.sticky.pinned(r, m); in != nil {
+		if in = a.sticky.pinned(r, m); in != nil && a.inActiveTier(in) {
 			if ok, trial := take(in); ok {
 				return in, trial, true, false
 			}
@@ -235,6 +235,14 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		}
 	}
 	return nil, false, false, full
+}
+
+// inActiveTier reports whether in may take requests of the app's active
+// tier: always with one tier, else if the tier lists it. A sticky cookie
+// pins a client only within the active tier, so that traffic returns to
+// a better tier when it qualifies again.
+func (a *App) inActiveTier(in *backend.Instance) bool {
+	return a.pool.Tiers() == 1 || contains(a.pool.Available(), in)
 }
 
 func contains(list []*backend.Instance, in *backend.Instance) bool {
