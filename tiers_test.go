@@ -337,3 +337,82 @@ http://:{port} {
 		t.Fatalf("10 requests with b3 the only priority-5 target: %v, want all on b3", seen)
 	}
 }
+
+// TestStickyWithinTheActiveTier: a client pinned to a backup instance
+// during a failover goes back to the first tier once it recovers, with a
+// new cookie; while the backup tier serves, a cookie naming a first-tier
+// instance that is still healthy but out of the active tier is not
+// honoured either.
+func TestStickyWithinTheActiveTier(t *testing.T) {
+	p1, p2, backup := newBackend(t, "p1"), newBackend(t, "p2"), newBackend(t, "backup")
+	s := newSite(t)
+	s.load(fmt.Sprintf(`
+http://:{port} {
+	load_balancer {
+		app sticky.test {
+			instances %s %s
+			instance %s priority 1
+			failover_threshold 100
+			sticky_cookie lb
+			health_uri /health
+			health_check_cooldown 20ms
+		}
+	}
+}`, p1.URL, p2.URL, backup.URL))
+	get := func(cookie string) (body, value string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, s.url("/"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "sticky.test"
+		if cookie != "" {
+			req.Header.Set("Cookie", "lb="+cookie)
+		}
+		resp, err := retryReset(client, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if set := resp.Header.Get("Set-Cookie"); set != "" {
+			c, err := http.ParseSetCookie(set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			value = c.Value
+		}
+		return string(b), value
+	}
+	_, p1Cookie := get("")
+	if body, _ := get(p1Cookie); body != "p1" && body != "p2" {
+		t.Fatalf("first tier healthy: %s answered", body)
+	}
+
+	// p2 fails: with failover_threshold 100, the backup tier serves,
+	// although p1 is healthy.
+	p2.health.Store(http.StatusServiceUnavailable)
+	waitTier(t, "sticky.test", 1)
+	body, backupCookie := get(p1Cookie)
+	if body != "backup" || backupCookie == "" {
+		t.Fatalf("backup tier active, a cookie for a first-tier instance: %s answered (new cookie %q), want the backup with a new cookie", body, backupCookie)
+	}
+	if body, set := get(backupCookie); body != "backup" || set != "" {
+		t.Fatalf("pinned to the backup: %s answered (Set-Cookie %q)", body, set)
+	}
+
+	p2.health.Store(0)
+	waitTier(t, "sticky.test", 0)
+	before := backup.requests.Load()
+	for range 5 {
+		if body, set := get(backupCookie); (body != "p1" && body != "p2") || set == "" {
+			t.Fatalf("first tier back, pinned to the backup: %s answered (Set-Cookie %q), want a first-tier instance and a new cookie", body, set)
+		}
+	}
+	if backup.requests.Load() != before {
+		t.Error("the backup got requests after the first tier recovered")
+	}
+}
