@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -82,6 +83,7 @@ type App struct {
 	Overload
 	Splitting
 	Mirroring
+	Tiers
 
 	// An instance that is added, becomes healthy or comes back from an
 	// ejection ramps its share of traffic from 10% to 100% of its weight
@@ -143,19 +145,22 @@ type settings struct {
 	panic        int        // panic threshold, percent; 0: off
 	urls         []*url.URL // the configured instances' parsed URLs, in config order
 	weights      []int      // their weights
+	priorities   []int      // their priorities (failover tiers)
+	failover     int        // failover threshold, percent; 0: a tier hands over with none available
 	healthKey    string     // the health settings, as part of instance state keys
 }
 
 // target is what serving a request with an instance takes.
 type target struct {
-	shared  *sharedInstance
-	in      *backend.Instance
-	weight  int               // as configured, or as the source gives it
-	dynamic bool              // discovered, not configured
-	url     *url.URL          // the instance's base URL
-	auth    []string          // Authorization from the URL's userinfo; nil for none
-	rt      http.RoundTripper // the app's transport, or h2c's own
-	h2c     *h2cTransport     // an h2c instance's transport; nil for others
+	shared   *sharedInstance
+	in       *backend.Instance
+	weight   int               // as configured, or as the source gives it
+	priority int               // its tier: as configured, or as the source gives it
+	dynamic  bool              // discovered, not configured
+	url      *url.URL          // the instance's base URL
+	auth     []string          // Authorization from the URL's userinfo; nil for none
+	rt       http.RoundTripper // the app's transport, or h2c's own
+	h2c      *h2cTransport     // an h2c instance's transport; nil for others
 	// The sticky cookie's value for the instance, and the Set-Cookie
 	// values that pin a client to it, for plain HTTP and TLS; empty
 	// without sticky_cookie.
@@ -179,6 +184,13 @@ type InstanceConfig struct {
 	// flight finish) while it stays in the config, its health checks and
 	// the report. Default: 1.
 	Weight *int `json:"weight,omitempty"`
+
+	// The instance's failover tier, an integer from 0 to 65535: 0 (the
+	// default) is the first tier, higher numbers are backup tiers, lower
+	// preferred as in DNS SRV. The app serves from its best tier only,
+	// and hands over to the next tier when too few of its instances are
+	// available (see failover_threshold).
+	Priority *int `json:"priority,omitempty"`
 }
 
 // Selection says how an instance is picked for each request.
@@ -215,11 +227,13 @@ type Selection struct {
 	// least_latency. Default: 10s.
 	LatencyDecay *Duration `json:"latency_decay,omitempty"`
 
-	// A load bound for strategy hash (consistent hashing with bounded
-	// loads, HAProxy's hash-balance-factor): no instance serves more than
-	// this factor times its share of the requests in flight; a key whose
-	// instance is at the bound goes to the next in its ranking. Above 1,
-	// at most 100; 1.25 allows 25% above the mean. Default: no bound.
+	// Consistent hashing with bounded loads, for strategy hash: a factor
+	// above 1.0 (1.25: an instance may take 25% more than its share). No
+	// instance takes a new request while it has ceil(factor × (the
+	// requests in flight to the app's serving tier + 1) × its share of the
+	// weight) in flight; a key whose instance is at the bound goes to the
+	// next of its rendezvous ranking under it, so keys move as little as
+	// they can. Only with strategy hash. Default: none (no bound).
 	HashBalance *float64 `json:"hash_balance,omitempty"`
 }
 
@@ -232,9 +246,10 @@ func (s *Selection) compile() (string, strategy.Strategy, error) {
 	}
 	opts := strategy.Options{HashKey: s.HashKey}
 	if s.HashBalance != nil {
-		if opts.HashBalance = *s.HashBalance; opts.HashBalance == 0 {
-			return "", nil, optionError("hash_balance", fmt.Errorf("%w: want a factor above 1 (1.25), got 0", strategy.ErrInvalidOption))
+		if f := *s.HashBalance; !(f > 1) || math.IsInf(f, 0) {
+			return "", nil, optionError("hash_balance", fmt.Errorf("%w: want more than 1.0, got %v", ErrInvalidOption, f))
 		}
+		opts.HashBalance = *s.HashBalance
 	}
 	if s.LatencyDecay != nil {
 		var err error
@@ -353,6 +368,9 @@ func (s *settings) compile(app *App) error {
 	if s.discovery, err = app.Discovery.compile(); err != nil {
 		return err
 	}
+	if s.failover, err = app.Tiers.compile(); err != nil {
+		return err
+	}
 	if err := s.compileInstances(app.Instances, s.discovery.on || len(s.splitting.pools) > 0); err != nil {
 		return err
 	}
@@ -368,13 +386,14 @@ func (s *settings) compile(app *App) error {
 }
 
 // compileInstances checks the configured instances and compiles their
-// URLs and weights; there may be none if others are discovered.
+// URLs, weights and priorities; there may be none if others are discovered.
 func (s *settings) compileInstances(instances []*InstanceConfig, discovered bool) error {
 	if len(instances) == 0 && !discovered {
 		return optionError("instances", ErrNoInstances)
 	}
 	s.urls = make([]*url.URL, 0, len(instances))
 	s.weights = make([]int, 0, len(instances))
+	s.priorities = make([]int, 0, len(instances))
 	seen := make(map[string]int, len(instances))
 	for i, ic := range instances {
 		field := fmt.Sprintf("instances[%d].url", i)
@@ -396,8 +415,13 @@ func (s *settings) compileInstances(instances []*InstanceConfig, discovered bool
 					fmt.Errorf("%w: want an integer from 0 to %d, got %d", ErrInvalidWeight, backend.MaxWeight, weight))
 			}
 		}
+		priority, err := instancePriority(ic.Priority)
+		if err != nil {
+			return optionError(fmt.Sprintf("instances[%d].priority", i), err)
+		}
 		s.urls = append(s.urls, u)
 		s.weights = append(s.weights, weight)
+		s.priorities = append(s.priorities, priority)
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ func init() {
 //	load_balancer [<matcher>] {
 //	    app <host> {
 //	        instances <urls...>
-//	        instance  <url> [weight <n>]
+//	        instance  <url> [weight <n>] [priority <n>]
 //	        <option>  <value...>
 //	        ...
 //	    }
@@ -56,7 +56,8 @@ func init() {
 // <host> is a host name, a one-label wildcard (*.example.com) or * for
 // every host no other app claims. instances and instance may be repeated:
 // each line adds to the app's instances, in the order of the lines;
-// instance gives one URL and optionally its weight. The two forms do not
+// instance gives one URL and optionally its weight and its priority (its
+// failover tier: 0, the default, first; higher numbers are backups). The two forms do not
 // mix: once there is an app block, instances and options go in app blocks
 // only.
 //
@@ -326,22 +327,35 @@ func (p *caddyfileParser) addInstances(a *appParser, urls []string) {
 }
 
 // addInstance appends the instance of an instance line: a URL, and
-// optionally "weight <n>".
+// optionally "weight <n>" and "priority <n>", in either order.
 func (p *caddyfileParser) addInstance(a *appParser, args []string) error {
-	if len(args) != 1 && (len(args) != 3 || args[1] != "weight") {
-		return p.errf(a, "instance: want a URL, optionally followed by weight <n>, got %s", countArgs(args))
+	if len(args)%2 != 1 || len(args) > 5 {
+		return p.errf(a, "instance: want a URL, optionally followed by weight <n> and priority <n>, got %s", countArgs(args))
 	}
 	ic := &InstanceConfig{URL: args[0]}
-	if len(args) == 3 {
-		w, err := strconv.Atoi(args[2])
-		if err != nil {
-			return p.errf(a, "instance: weight: want an integer, got %q", args[2])
-		}
-		ic.Weight = &w
-	}
 	i := len(a.app.Instances)
 	a.seen[fmt.Sprintf("instances[%d].url", i)] = p.d.Token()
-	a.seen[fmt.Sprintf("instances[%d].weight", i)] = p.d.Token()
+	for k := 1; k < len(args); k += 2 {
+		name, value := args[k], args[k+1]
+		var dst **int
+		switch name {
+		case "weight":
+			dst = &ic.Weight
+		case "priority":
+			dst = &ic.Priority
+		default:
+			return p.errf(a, "instance: unknown setting %q (want weight <n> or priority <n>)", name)
+		}
+		if *dst != nil {
+			return p.errf(a, "instance: %s already specified", name)
+		}
+		n, err := strconv.Atoi(value)
+		if err != nil {
+			return p.errf(a, "instance: %s: want an integer, got %q", name, value)
+		}
+		*dst = &n
+		a.seen[fmt.Sprintf("instances[%d].%s", i, name)] = p.d.Token()
+	}
 	a.app.Instances = append(a.app.Instances, ic)
 	return nil
 }

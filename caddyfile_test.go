@@ -202,6 +202,13 @@ var unmarshalCases = []unmarshalCase{
 		want:  `{"apps":[{"strategy":"p2c","instances":[{"url":"127.0.0.1:1"},{"url":"127.0.0.1:2","weight":3}]}]}`,
 	},
 	{
+		name: "failover tiers and bounded-load hashing",
+		input: inApp("instance 127.0.0.1:1 weight 2", "instance 127.0.0.1:2 priority 1 weight 3", "instance 127.0.0.1:3 priority 1",
+			"failover_threshold 50", "strategy hash", "hash_balance 1.25"),
+		want: `{"apps":[{"host":"a.example.com","strategy":"hash","hash_balance":1.25,"failover_threshold":50,"instances":[
+			{"url":"127.0.0.1:1","weight":2},{"url":"127.0.0.1:2","weight":3,"priority":1},{"url":"127.0.0.1:3","priority":1}]}]}`,
+	},
+	{
 		name:  "largest weight",
 		input: inApp("instance 127.0.0.1:1 weight 1000000"),
 		want:  `{"apps":[{"host":"a.example.com","instances":[{"url":"127.0.0.1:1","weight":1000000}]}]}`,
@@ -429,26 +436,74 @@ var unmarshalCases = []unmarshalCase{
 	{
 		name:    "instance without argument",
 		input:   inApp("instance"),
-		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got none`},
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n> and priority <n>, got none`},
 		line:    3,
 	},
 	{
 		name:    "instance with two URLs",
 		input:   inApp("instance 127.0.0.1:1 127.0.0.1:2"),
-		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 2: ["127.0.0.1:1" "127.0.0.1:2"]`},
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n> and priority <n>, got 2: ["127.0.0.1:1" "127.0.0.1:2"]`},
 		line:    3,
 	},
 	{
 		name:    "instance with weight but no number",
 		input:   inApp("instance 127.0.0.1:1 weight"),
-		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 2`},
+		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n> and priority <n>, got 2`},
 		line:    3,
 	},
 	{
 		name:    "instance with a misspelt weight",
 		input:   inApp("instance 127.0.0.1:1 wieght 2"),
-		wantErr: []string{`app "a.example.com": instance: want a URL, optionally followed by weight <n>, got 3`},
+		wantErr: []string{`app "a.example.com": instance: unknown setting "wieght" (want weight <n> or priority <n>)`},
 		line:    3,
+	},
+	{
+		name:    "instance with weight twice",
+		input:   inApp("instance 127.0.0.1:1 weight 2 weight 3"),
+		wantErr: []string{`app "a.example.com": instance: weight already specified`},
+		line:    3,
+	},
+	{
+		name:    "negative priority",
+		input:   inApp("instances 127.0.0.1:1 127.0.0.1:2", "instance 127.0.0.1:3 weight 2 priority -1"),
+		wantErr: []string{`app "a.example.com": instances[2].priority: invalid priority: want an integer from 0 to 65535, got -1`},
+		line:    4,
+	},
+	{
+		name:    "priority too large",
+		input:   inApp("instance 127.0.0.1:2 priority 65536"),
+		wantErr: []string{`app "a.example.com": instances[0].priority: invalid priority: want an integer from 0 to 65535, got 65536`},
+		line:    3,
+	},
+	{
+		name:    "priority not a number",
+		input:   inApp("instance 127.0.0.1:2 priority first"),
+		wantErr: []string{`app "a.example.com": instance: priority: want an integer, got "first"`},
+		line:    3,
+	},
+	{
+		name:    "failover_threshold 0",
+		input:   inApp("instances 127.0.0.1:1", "failover_threshold 0"),
+		wantErr: []string{`app "a.example.com": failover_threshold: invalid percentage: want 1 to 100, got 0`},
+		line:    4,
+	},
+	{
+		name:    "failover_threshold above 100",
+		input:   inApp("instances 127.0.0.1:1", "failover_threshold 101"),
+		wantErr: []string{`app "a.example.com": failover_threshold: invalid percentage: want 1 to 100, got 101`},
+		line:    4,
+	},
+	{
+		name:    "hash_balance of 1",
+		input:   inApp("instances 127.0.0.1:1", "strategy hash", "hash_balance 1.0"),
+		wantErr: []string{`app "a.example.com": hash_balance: invalid option: want more than 1.0, got 1`},
+		line:    5,
+	},
+	{
+		name:    "hash_balance without strategy hash",
+		input:   inApp("instances 127.0.0.1:1", "strategy round_robin", "hash_balance 1.25"),
+		wantErr: []string{`app "a.example.com": hash_balance: option does not apply: strategy round_robin does not use it (only hash does)`},
+		line:    5,
 	},
 	{
 		name:    "negative weight",

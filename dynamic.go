@@ -131,10 +131,17 @@ func (a *App) loadSource(ctx caddy.Context) error {
 			}
 			d.watcher = m
 		case reverseproxy.UpstreamSource:
-			polled = append(polled, m)
 			if servers == nil {
 				servers = discovery.ResolversOf(m)
 			}
+			if su, ok := m.(*reverseproxy.SRVUpstreams); ok {
+				// Looked up here: Caddy's drops the records' priorities
+				// and weights.
+				if m, err = discovery.NewSRV(su); err != nil {
+					return a.namedError("dynamic_upstreams", err)
+				}
+			}
+			polled = append(polled, m)
 		default:
 			return a.namedError("dynamic_upstreams", fmt.Errorf("module %T is not an upstream source", mod))
 		}
@@ -266,7 +273,7 @@ func (st *sourceState) publish(set discovery.Set, from *App, logger *zap.Logger)
 // added (starting unhealthy until their first passing check, if the app
 // checks; ramping up, with slow start), those gone take no new requests
 // and are released once their requests have ended, weights and drains
-// follow the source. A configured instance with the same URL wins.
+// and priorities (failover tiers) follow the source. A configured instance with the same URL wins.
 func (a *App) apply(set discovery.Set) {
 	d := a.dynamic
 	d.mu.Lock()
@@ -286,6 +293,7 @@ func (a *App) apply(set discovery.Set) {
 	others := len(a.static) > 0 || len(d.current) > 0
 	next := make(map[string]*target, len(set.Instances))
 	var order []*backend.Instance
+	var priorities []int // of order
 	for _, di := range set.Instances {
 		key := di.Key
 		if static[key] || next[key] != nil {
@@ -306,12 +314,14 @@ func (a *App) apply(set discovery.Set) {
 				t.in.Configure(di.Weight, &a.passive, now)
 			}
 		}
+		t.priority = di.Priority
 		if di.Draining != d.drained[key] {
 			t.in.SetDraining(di.Draining, now)
 			d.drained[key] = di.Draining
 		}
 		next[key] = t
 		order = append(order, t.in)
+		priorities = append(priorities, t.priority)
 	}
 	for key, t := range d.current {
 		if next[key] == nil {
@@ -324,7 +334,7 @@ func (a *App) apply(set discovery.Set) {
 	}
 	d.current = next
 
-	a.pool.SetInstances(append(slices.Clone(a.static), order...))
+	a.pool.SetMembers(append(slices.Clone(a.static), order...), append(slices.Clone(a.priorities), priorities...))
 	a.setMembers(a.membersLocked())
 	a.releaseLeavingLocked(false)
 	// Derived here rather than by the first request after the change.

@@ -34,6 +34,11 @@ var (
 	// ErrInvalidWeight: an instance weight below 0 or above
 	// backend.MaxWeight.
 	ErrInvalidWeight = errors.New("invalid weight")
+	// ErrInvalidPriority: an instance priority below 0 or above
+	// MaxPriority.
+	ErrInvalidPriority = errors.New("invalid priority")
+	// ErrInvalidOption: an option value out of its range (hash_balance).
+	ErrInvalidOption = strategy.ErrInvalidOption
 	// ErrDuplicateInstance: an instance URL given twice in one app.
 	ErrDuplicateInstance = errors.New("duplicate instance")
 	// ErrInvalidPort: a health_port out of 1 to 65535.

@@ -102,6 +102,11 @@ func (h *Handler) onChange(app *App) func(backend.Change) {
 		if h.events != nil && h.ctx.Err() == nil {
 			h.events.Emit(h.ctx, "load_balancer.instance_"+string(c.Event), data)
 		}
+		if app.pool.Tiers() > 1 {
+			// The change may change the active tier: known (and announced,
+			// see onTierChange) now rather than at the next request.
+			app.pool.ActiveTier()
+		}
 	}
 }
 

@@ -46,17 +46,34 @@ func newDNSServer(t testing.TB) *dnsServer {
 	return s
 }
 
-// setSRV sets the SRV records of name: targets "host:port".
+// setSRV sets the SRV records of name: targets "host:port", all of
+// priority 10 and weight 1 (the weight of a configured instance).
 func (s *dnsServer) setSRV(name string, targets ...string) {
+	var recs []srvRecord
+	for _, target := range targets {
+		recs = append(recs, srvRecord{target: target, priority: 10, weight: 1})
+	}
+	s.setSRVRecords(name, recs...)
+}
+
+// srvRecord is an SRV record of a test: its target "host:port", priority
+// and weight.
+type srvRecord struct {
+	target           string
+	priority, weight uint16
+}
+
+// setSRVRecords sets the SRV records of name.
+func (s *dnsServer) setSRVRecords(name string, records ...srvRecord) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var recs []*dns.SRV
-	for _, target := range targets {
-		host, port, _ := net.SplitHostPort(target)
+	for _, r := range records {
+		host, port, _ := net.SplitHostPort(r.target)
 		var p uint16
 		fmt.Sscan(port, &p)
 		recs = append(recs, &dns.SRV{Hdr: dns.RR_Header{Name: dns.Fqdn(name), Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: 1},
-			Priority: 10, Weight: 10, Port: p, Target: dns.Fqdn(host)})
+			Priority: r.priority, Weight: r.weight, Port: p, Target: dns.Fqdn(host)})
 	}
 	s.srv[dns.Fqdn(name)] = recs
 }

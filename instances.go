@@ -136,12 +136,15 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	instances := make([]*backend.Instance, 0, len(a.urls))
 	for i, u := range a.urls {
 		t := a.newTarget(u, a.weights[i], false)
+		t.priority = a.priorities[i]
 		m.targets[t.in] = t
 		instances = append(instances, t.in)
 	}
 	a.static = instances
-	a.pool = backend.NewPool(instances...)
+	a.pool = backend.NewPool()
+	a.pool.SetMembers(instances, a.priorities)
 	a.pool.SetPanicThreshold(a.panic)
+	a.pool.SetFailoverThreshold(a.failover)
 	a.budget.percent = a.retry.budget
 	a.setMembers(m)
 }

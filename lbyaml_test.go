@@ -486,6 +486,45 @@ server: x
 		is:   caddylb.ErrInvalidScheme,
 	},
 	{
+		name: "negative priority",
+		input: `apps:
+  - host: shop.example.com
+    instances:
+      - url: http://127.0.0.1:1
+      - url: http://127.0.0.1:2
+      - url: http://127.0.0.1:3
+        priority: -1
+`,
+		pos:  "config.yaml:7:19:",
+		want: []string{`app "shop.example.com": instances[2].priority: invalid priority: want an integer from 0 to 65535, got -1`},
+		is:   caddylb.ErrInvalidPriority,
+	},
+	{
+		name: "failover_threshold out of range",
+		input: `apps:
+  - host: a.test
+    failover_threshold: 0
+    instances:
+      - url: http://127.0.0.1:1
+`,
+		pos:  "config.yaml:3:25:",
+		want: []string{`app "a.test": failover_threshold: invalid percentage: want 1 to 100, got 0`},
+		is:   caddylb.ErrInvalidPercent,
+	},
+	{
+		name: "hash_balance not above 1",
+		input: `apps:
+  - host: a.test
+    strategy: hash
+    hash_balance: 0.9
+    instances:
+      - url: http://127.0.0.1:1
+`,
+		pos:  "config.yaml:4:19:",
+		want: []string{`app "a.test": hash_balance: invalid option: want more than 1.0, got 0.9`},
+		is:   caddylb.ErrInvalidOption,
+	},
+	{
 		name: "instance without url",
 		input: `apps:
   - host: a.test

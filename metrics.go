@@ -75,6 +75,9 @@ var (
 	descRejected = prometheus.NewDesc(metricsPrefix+"rejected_total",
 		"Requests turned away with 503 because every instance was at max_requests (and the queue full, or the wait over).", labelsApp, nil)
 
+	descActiveTier = prometheus.NewDesc(metricsPrefix+"active_tier",
+		"The priority of the failover tier the app serves from now: 0 for the first tier, higher for a backup tier.", labelsApp, nil)
+
 	descHedges = prometheus.NewDesc(metricsPrefix+"hedges_total",
 		"Second attempts sent to another instance because the first had not answered within hedge_after.", labelsApp, nil)
 	descHedgesWon = prometheus.NewDesc(metricsPrefix+"hedges_won_total",
@@ -92,7 +95,7 @@ var (
 	allDescs = []*prometheus.Desc{descHealthy, descState, descInFlight, descWeight, descMaxRequests, descRequests,
 		descResponseHeader, descChecks, descCheckSeconds, descRetries, descEjections,
 		descDynamicUpdates, descDynamicErrors, descDynamicInstances,
-		descQueueLength, descQueueWait, descRejected, descHedges, descHedgesWon,
+		descQueueLength, descQueueWait, descRejected, descHedges, descHedgesWon, descActiveTier,
 		descSplitRequests, descMirrored, descMirrorDropped, descMirrorFailures}
 )
 
@@ -215,7 +218,29 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	collectSources(ch, handlers)
 	collectOverload(ch, handlers)
 	collectHedges(ch, handlers)
+	collectTiers(ch, handlers)
 	collectTraffic(ch, handlers)
+}
+
+// collectTiers reports the active tier of each of the handlers' apps; of
+// apps of the same name, the best (lowest) one.
+func collectTiers(ch chan<- prometheus.Metric, handlers []*Handler) {
+	tiers := map[string]int{}
+	var names []string
+	for _, h := range handlers {
+		for _, app := range h.Apps {
+			tier := app.pool.ActiveTier()
+			if prev, ok := tiers[app.name]; ok {
+				tiers[app.name] = min(prev, tier)
+				continue
+			}
+			tiers[app.name] = tier
+			names = append(names, app.name)
+		}
+	}
+	for _, n := range names {
+		ch <- prometheus.MustNewConstMetric(descActiveTier, prometheus.GaugeValue, float64(tiers[n]), n)
+	}
 }
 
 // collectTraffic reports the splits and mirrors of the handlers' apps;

@@ -104,6 +104,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 		app.attach(h.logger, ctx.Done(), h.onChange(app))
+		app.pool.SetOnTierChange(h.onTierChange(app))
 		if app.dynamic != nil {
 			app.subscribe()
 		}

@@ -12,7 +12,7 @@ func (h *Handler) ReportApps() []report.App {
 	apps := make([]report.App, 0, len(h.Apps))
 	now := backend.Now()
 	for _, app := range h.Apps {
-		ra := report.App{Host: app.Host, Pool: app.Name, Strategy: app.strategyName, Panic: app.pool.Panicking()}
+		ra := report.App{Host: app.Host, Pool: app.Name, Strategy: app.strategyName, Panic: app.pool.Panicking(), ActiveTier: app.pool.ActiveTier()}
 		ra.Split, ra.Mirror = app.reportTraffic()
 		if source, n, updated, lastError, ok := app.dynamicReport(); ok {
 			ra.Dynamic = &report.Dynamic{Source: source, Instances: n, LastError: lastError}
@@ -34,8 +34,10 @@ func (h *Handler) ReportApps() []report.App {
 			ra.OutlierSweeps = &sweeps
 		}
 		m := app.members.Load()
-		for _, in := range app.pool.All() {
+		all, priorities := app.pool.Members()
+		for i, in := range all {
 			ri := reportInstance(in, now)
+			ri.Priority = priorities[i]
 			if app.limits.on() {
 				ri.MaxRequests = in.Limit(app.limits.of(in))
 			}

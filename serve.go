@@ -170,8 +170,9 @@ func (a *App) next(w http.ResponseWriter, r *http.Request, tried []*backend.Inst
 	}
 }
 
-// pick returns the instance for r's next attempt, none of tried if
-// possible, acquired (the caller must release it, with done), and whether
+// pick returns the instance for r's next attempt, of the app's active
+// tier (a worse tier's only for a retry that tried every available
+// instance of the active tier), none of tried if possible, acquired (the caller must release it, with done), and whether
 // it is an ejected instance's trial request and whether r's sticky cookie
 // named it. nil means no instance is available, or (full) that every one
 // that is is at max_requests.
@@ -190,7 +191,7 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		return true, trial
 	}
 	if a.sticky != nil && len(tried) == 0 {
-		if in = a.sticky.pinned(r, m); in != nil {
+		if in = a.sticky.pinned(r, m); in != nil && a.inActiveTier(in) {
 			if ok, trial := take(in); ok {
 				return in, trial, true, false
 			}
@@ -211,16 +212,30 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 			return in, trial, false, false
 		}
 	}
+	untried := false // an available instance of the active tier not tried yet
 	for _, c := range a.pool.Available() {
 		if contains(tried, c) {
 			continue
 		}
+		untried = true
 		if ok, trial := take(c); ok {
 			return c, trial, false, false
 		}
 	}
 	if len(tried) == 0 {
 		return nil, false, false, full
+	}
+	if !untried {
+		// Every available instance of the active tier was tried: a retry
+		// goes to the next tiers' before one is tried again.
+		for _, c := range a.pool.Fallback() {
+			if contains(tried, c) {
+				continue
+			}
+			if ok, trial := take(c); ok {
+				return c, trial, false, false
+			}
+		}
 	}
 	// Every available instance was tried: a retry may go to one again,
 	// but never to the one that just failed.
@@ -233,6 +248,14 @@ func (a *App) pick(r *http.Request, m *members, tried []*backend.Instance) (in *
 		}
 	}
 	return nil, false, false, full
+}
+
+// inActiveTier reports whether in may take requests of the app's active
+// tier: always with one tier, else if the tier lists it. A sticky cookie
+// pins a client only within the active tier, so that traffic returns to
+// a better tier when it qualifies again.
+func (a *App) inActiveTier(in *backend.Instance) bool {
+	return a.pool.Tiers() == 1 || contains(a.pool.Available(), in)
 }
 
 func contains(list []*backend.Instance, in *backend.Instance) bool {

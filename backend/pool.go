@@ -13,12 +13,18 @@ var epoch atomic.Uint64
 // Pool is the ordered set of instances of one app. Make it with NewPool.
 // Its members may change (SetInstances) while it is used.
 type Pool struct {
-	all       atomic.Pointer[[]*Instance]
+	members   atomic.Pointer[memberSet]
 	available atomic.Pointer[availableList]
 
 	// panicThreshold, in percent: below that share of available
 	// instances, the pool offers all of them. 0: never.
 	panicThreshold int
+	// failoverThreshold, in percent: a tier with a smaller share of its
+	// instances available hands over to the next. 0: only a tier with
+	// none available does (see tier.go).
+	failoverThreshold int
+
+	tiers tierWatch // the active tier as last announced
 
 	ejectMu sync.Mutex // serializes ejections, for MaxEjectedPercent
 
@@ -31,12 +37,15 @@ type availableList struct {
 	instances []*Instance
 	weights   []int64 // the instances' selection weights when listed
 	panicking bool
+	tier      int         // the priority of the tier instances are of
+	fallback  []*Instance // the available instances of the worse tiers, best first
 }
 
-// NewPool returns a pool of the given instances, in that order.
+// NewPool returns a pool of the given instances, in that order, all of
+// priority 0 (one tier).
 func NewPool(instances ...*Instance) *Pool {
 	p := new(Pool)
-	p.all.Store(&instances)
+	p.members.Store(newMemberSet(instances, nil))
 	// A list no epoch matches: the first Available builds the real one.
 	p.available.Store(&availableList{epoch: ^uint64(0)})
 	return p
@@ -51,20 +60,20 @@ func (p *Pool) SetPanicThreshold(percent int) { p.panicThreshold = percent }
 
 // All returns every instance of the pool in config order, available or not.
 // Callers must not modify the slice.
-func (p *Pool) All() []*Instance { return *p.all.Load() }
+func (p *Pool) All() []*Instance { return p.members.Load().all }
 
 // SetInstances makes instances the pool's members, in that order, from
-// now on. The pool keeps the slice: callers must not modify it. Requests
-// under way on an instance that left finish as they would.
-func (p *Pool) SetInstances(instances []*Instance) {
-	p.all.Store(&instances)
-	epoch.Add(1)
-}
+// now on, all of priority 0. The pool keeps the slice: callers must not
+// modify it. Requests under way on an instance that left finish as they
+// would.
+func (p *Pool) SetInstances(instances []*Instance) { p.SetMembers(instances, nil) }
 
-// Available returns the instances that may receive new requests (healthy,
-// not draining, weight above 0, ejected ones only for their trial
-// request), in config order, or in panic (see SetPanicThreshold) every
-// instance not draining of weight above 0. Callers must not modify it.
+// Available returns the instances of the active tier (see tier.go) that
+// may receive new requests (healthy, not draining, weight above 0,
+// ejected ones only for their trial request), in config order, or in
+// panic (see SetPanicThreshold) every instance of that tier not draining
+// of weight above 0. With one tier, the active tier is the whole pool.
+// Callers must not modify it.
 //
 // The list is rebuilt only after some instance's state changed, so this
 // allocates nothing in the steady state. A rebuild that finds the same
@@ -115,39 +124,25 @@ func (p *Pool) rebuild() *availableList {
 	// next call sees a newer epoch and rebuilds again.
 	e := epoch.Load()
 	cur := p.available.Load()
-	all := p.All()
-	list := make([]*Instance, 0, len(all))
-	eligible := 0
-	for _, in := range all {
-		if in.selWeight.Load() <= 0 || in.flags.Load()&flagDraining != 0 {
-			continue
-		}
-		eligible++
-		if in.Available() {
-			list = append(list, in)
-		}
-	}
-	panicking := false
-	if p.panicThreshold > 0 && len(list)*100 < p.panicThreshold*eligible {
-		panicking = true
-		list = list[:0]
-		for _, in := range all {
-			if in.selWeight.Load() > 0 && in.flags.Load()&flagDraining == 0 {
-				list = append(list, in)
-			}
-		}
-	}
-	next := &availableList{epoch: e, instances: list, panicking: panicking}
-	if cur.epoch != ^uint64(0) && sameList(cur, list) {
+	next := p.choose(p.members.Load())
+	next.epoch = e
+	if cur.epoch != ^uint64(0) && sameList(cur, next.instances) {
 		next.instances, next.weights = cur.instances, cur.weights
 	} else {
-		next.weights = make([]int64, len(list))
-		for i, in := range list {
+		next.weights = make([]int64, len(next.instances))
+		for i, in := range next.instances {
 			next.weights[i] = in.selWeight.Load()
 		}
 	}
 	p.available.Store(next)
+	p.tiers.observe(e, next.tier)
 	return next
+}
+
+// eligible reports whether in counts among its tier's instances for the
+// thresholds: weight above 0 and not draining.
+func eligible(in *Instance) bool {
+	return in.selWeight.Load() > 0 && in.flags.Load()&flagDraining == 0
 }
 
 // sameList reports whether list holds the instances of cur, with the

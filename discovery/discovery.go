@@ -28,6 +28,10 @@ type Instance struct {
 	Key string
 	// Weight is the instance's weight, 1 unless the source gives one.
 	Weight int
+	// Priority is the instance's failover tier (0 the first, higher
+	// numbers backups), 0 unless the source gives one (an SRV record's
+	// priority).
+	Priority int
 	// Draining says the source wants the instance to take no new
 	// requests.
 	Draining bool

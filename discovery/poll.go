@@ -22,7 +22,8 @@ type Watcher interface {
 }
 
 // Poller asks sources of Caddy's http.reverse_proxy.upstreams namespace
-// (a, srv, multi, third-party ones) for their upstreams every Refresh, and
+// (a, multi, third-party ones; srv as this package's SRV, which keeps the
+// records' priorities and weights) for their upstreams every Refresh, and
 // resolves the names among them through Resolver. The sources' own refresh
 // still bounds how often they look up.
 type Poller struct {
@@ -78,12 +79,12 @@ func (p *Poller) poll(ctx context.Context) Set {
 	seen := map[string]bool{}
 	names := map[string]bool{}
 	for _, src := range p.Sources {
-		ups, err := src.GetUpstreams(r)
+		recs, err := records(src, r)
 		if err != nil {
 			return Set{Err: err}
 		}
-		for _, up := range ups {
-			u, err := InstanceURL(p.Scheme, up.Dial)
+		for _, rec := range recs {
+			u, err := InstanceURL(p.Scheme, rec.dial)
 			if err != nil || seen[u.Host] {
 				set.Skipped++
 				continue
@@ -96,7 +97,9 @@ func (p *Poller) poll(ctx context.Context) Set {
 				names[host] = true
 			}
 			seen[u.Host] = true
-			set.Instances = append(set.Instances, NewInstance(u))
+			in := NewInstance(u)
+			in.Weight, in.Priority = rec.weight, rec.priority
+			set.Instances = append(set.Instances, in)
 		}
 	}
 	p.Resolver.Forget(names)
@@ -106,6 +109,24 @@ func (p *Poller) poll(ctx context.Context) Set {
 	slices.SortFunc(set.Instances, func(a, b Instance) int { return strings.Compare(a.Key, b.Key) })
 	set.Updated = time.Now()
 	return set
+}
+
+// records returns what src gives: its records, from a source that gives
+// weights and priorities (SRV), or else its upstreams' addresses, of
+// weight 1 and priority 0.
+func records(src reverseproxy.UpstreamSource, r *http.Request) ([]record, error) {
+	if rs, ok := src.(recordSource); ok {
+		return rs.lookup(r)
+	}
+	ups, err := src.GetUpstreams(r)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]record, len(ups))
+	for i, up := range ups {
+		recs[i] = record{dial: up.Dial, weight: 1}
+	}
+	return recs, nil
 }
 
 // pollRequest is the request the sources are asked with: Caddy's sources
@@ -122,13 +143,13 @@ func isIP(host string) bool {
 }
 
 // sameSet reports whether a and b are the same instances with the same
-// weights and drain flags, in the same order.
+// weights, priorities and drain flags, in the same order.
 func sameSet(a, b []Instance) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if a[i].Key != b[i].Key || a[i].Weight != b[i].Weight || a[i].Draining != b[i].Draining {
+		if a[i].Key != b[i].Key || a[i].Weight != b[i].Weight || a[i].Priority != b[i].Priority || a[i].Draining != b[i].Draining {
 			return false
 		}
 	}

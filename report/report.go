@@ -58,6 +58,10 @@ type App struct {
 	// Panic says too few of the app's instances are available, so that
 	// it balances over all of them (see the app's panic_threshold).
 	Panic bool `json:"panic,omitempty"`
+	// ActiveTier is the priority of the failover tier the app serves
+	// from now (0, the first tier, unless it failed over to a backup
+	// tier; see the instances' priority).
+	ActiveTier int `json:"active_tier"`
 	// Dynamic describes the app's source of dynamic instances; absent
 	// without one.
 	Dynamic *Dynamic `json:"dynamic,omitempty"`
@@ -157,6 +161,9 @@ type Instance struct {
 	// is balanced by now (lower while the instance ramps up).
 	Weight          int     `json:"weight"`
 	EffectiveWeight float64 `json:"effective_weight"`
+	// Priority is the instance's failover tier: absent for 0, the first
+	// tier; higher numbers are backup tiers.
+	Priority int `json:"priority,omitempty"`
 
 	// RequestRate is the number of requests per second sent to the
 	// instance over the last minute. It and the three fields below are

@@ -59,8 +59,8 @@ mutations=(
 	mirror.go 'c = c.WithContext(mirrorContext{Context: ctx, values: c.Context()})' 'c = c.WithContext(c.Context())' . '^TestMirror$'
 	mirror.go 'm.droppedFull.Add(1)' 'm.queue <- c' . '^TestMirror$'
 	mirror.go 'c.Header.Set(MirrorHeader, "1")' '' . '^TestMirror$'
-	strategy/hash.go 'if float64(in.InFlight()) >= math.Ceil(load*w/sumW) {' 'if float64(in.InFlight()) > math.Ceil(load*w/sumW) {' . '^TestHashBalanceHotKey$'
-	strategy/hash.go 'return list[hl.bounded(key, list, s.balance)]' 'return list[hl.best(key)]' ./strategy '^TestHashBalance$'
+	strategy/bounded.go 'return float64(list[i].InFlight()) < math.Ceil(capacity*share)' 'return float64(list[i].InFlight()) <= math.Ceil(capacity*share)' . '^TestHashBalanceHotKey$'
+	strategy/hash.go 'return list[hl.bounded(list, key, s.balance)]' 'return list[hl.best(key)]' ./strategy '^TestHashBalance'
 )
 
 selected=" $* "

@@ -23,10 +23,9 @@ func init() {
 		if err := s.setKey(o.HashKey); err != nil {
 			return nil, &OptionError{Option: OptionHashKey, Err: err}
 		}
-		if b := o.HashBalance; b != 0 && !(b > 1 && b <= 100) {
-			return nil, &OptionError{Option: OptionHashBalance, Err: fmt.Errorf("%w: want a factor above 1 and at most 100 (1.25: 25%% above the mean), got %g", ErrInvalidOption, b)}
+		if err := s.setBalance(o.HashBalance); err != nil {
+			return nil, &OptionError{Option: OptionHashBalance, Err: err}
 		}
-		s.balance = o.HashBalance
 		return s, nil
 	}, OptionHashKey, OptionHashBalance)
 }
@@ -55,22 +54,18 @@ func init() {
 // (no such header, cookie or parameter, or an empty one) goes to a random
 // instance, in proportion to the weights.
 //
-// With a load bound (hash_balance, Google's consistent hashing with
-// bounded loads, HAProxy's hash-balance-factor), an instance already
-// serving ceil(balance × (in flight + 1) × its share of the weights)
-// requests is passed over for the next in the key's ranking: a hot key
-// spills over to as few other instances as it needs, in the same order
-// for every request, and returns as the load falls. Keys of instances
-// under the bound do not move.
-//
 // Selection hashes the key once (FNV-1a) and mixes it with each
 // instance's precomputed URL hash: O(n), about 1.5 ns per instance with
 // equal weights, twice that with weights.
+//
+// With a load bound (hash_balance, see bounded.go) a key whose instance
+// has too many requests in flight goes to the next instance of its
+// ranking that has room, requests without a key too.
 type Hash struct {
 	rng
 	kind    keyKind
 	name    string  // the header (canonical), cookie or query parameter
-	balance float64 // the load bound's factor; 0 for none
+	balance float64 // the load bound's factor; 0: none
 	lists   listCache[hashList]
 }
 
@@ -145,60 +140,26 @@ func (s *Hash) Select(pool *backend.Pool, r *http.Request) *backend.Instance {
 	}
 	hl := s.lists.get(list, newHashList)
 	key, ok := s.keyHash(r)
+	if s.balance > 0 {
+		if !ok {
+			// A random key: its ranking is a draw in proportion to the
+			// weights, walked as a key's is.
+			key = s.uint64()
+		}
+		return list[hl.bounded(list, key, s.balance)]
+	}
 	if !ok {
 		return list[hl.sampler.draw(&s.rng)]
-	}
-	if s.balance > 0 {
-		return list[hl.bounded(key, list, s.balance)]
 	}
 	return list[hl.best(key)]
 }
 
-// bounded returns the index of the instance with the highest score for
-// key among those under the load bound: in flight below
-// ceil(balance × (total in flight + 1) × weight / total weight). One
-// always is (not all can be above their share of the mean); if none is
-// (the counts moved while they were read), the best overall.
-func (hl *hashList) bounded(key uint64, list []*backend.Instance, balance float64) int {
-	var total int64
-	for _, in := range list {
-		total += in.InFlight()
-	}
-	load := balance * float64(total+1)
-	var sumW float64
-	if hl.weights == nil {
-		sumW = float64(len(list))
-	} else {
-		for _, w := range hl.weights {
-			sumW += w
-		}
-	}
-	best, top := -1, 0.0
-	for i, in := range list {
-		w := 1.0
-		if hl.weights != nil {
-			w = hl.weights[i]
-		}
-		if float64(in.InFlight()) >= math.Ceil(load*w/sumW) {
-			continue
-		}
-		// The score, as best computes it: −w/ln(u), compared as w/E.
-		u := unit(mix(key ^ hl.ids[i]))
-		if score := w / -math.Log(u); best < 0 || score > top {
-			best, top = i, score
-		}
-	}
-	if best < 0 {
-		return hl.best(key)
-	}
-	return best
-}
-
 // hashList is what Hash derives from a list of available instances.
 type hashList struct {
-	ids     []uint64  // per instance: the hash of its URL
-	weights []float64 // per instance; nil when all are equal
-	sampler sampler   // for requests without a key
+	ids       []uint64  // per instance: the hash of its URL
+	weights   []float64 // per instance; nil when all are equal
+	weightSum float64   // of weights
+	sampler   sampler   // for requests without a key
 }
 
 func newHashList(list []*backend.Instance) hashList {
@@ -210,6 +171,7 @@ func newHashList(list []*backend.Instance) hashList {
 		hl.weights = make([]float64, len(list))
 		for i, in := range list {
 			hl.weights[i] = float64(in.SelectionWeight())
+			hl.weightSum += hl.weights[i]
 		}
 	}
 	return hl

@@ -44,20 +44,22 @@ type Options struct {
 	// HashKey is what the hash strategy hashes: "client_ip", "header:NAME",
 	// "cookie:NAME", "query:NAME" or "uri". Default: client_ip.
 	HashKey string
-	// HashBalance bounds the hash strategy's loads: no instance gets more
-	// than HashBalance times its share of the requests in flight (see
-	// Hash). 0: no bound; otherwise more than 1, at most 100.
-	HashBalance float64
 	// LatencyDecay is least_latency's decay window τ: a latency sample's
 	// weight falls to 1/e after τ. Default: 10s. Must not be negative.
 	LatencyDecay time.Duration
+	// HashBalance is the hash strategy's load bound (consistent hashing
+	// with bounded loads, see bounded.go): no instance takes a request
+	// while it has ceil(HashBalance × (in flight in all + 1) × its share
+	// of the weight) requests in flight. 0: no bound; otherwise more than
+	// 1.
+	HashBalance float64
 }
 
 // Option names, as in the config.
 const (
 	OptionHashKey      = "hash_key"
-	OptionHashBalance  = "hash_balance"
 	OptionLatencyDecay = "latency_decay"
+	OptionHashBalance  = "hash_balance"
 )
 
 // set returns the names of the options given in o.
@@ -66,11 +68,11 @@ func (o Options) set() []string {
 	if o.HashKey != "" {
 		names = append(names, OptionHashKey)
 	}
-	if o.HashBalance != 0 {
-		names = append(names, OptionHashBalance)
-	}
 	if o.LatencyDecay != 0 {
 		names = append(names, OptionLatencyDecay)
+	}
+	if o.HashBalance != 0 {
+		names = append(names, OptionHashBalance)
 	}
 	return names
 }
@@ -114,7 +116,7 @@ var (
 )
 
 // Register makes a strategy available by name; options lists the names of
-// the options it uses (OptionHashKey, OptionLatencyDecay). Each call to the
+// the options it uses (OptionHashKey, OptionLatencyDecay, OptionHashBalance). Each call to the
 // constructor must return a new value with its own state, since each app
 // balances independently. It panics on a duplicate name, like
 // caddy.RegisterModule, as that is a programming error.

@@ -3,6 +3,7 @@ package strategy_test
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -159,6 +160,18 @@ func TestNewWithOptions(t *testing.T) {
 		{name: "hash_key uri with a name", strategy: "hash", opts: strategy.Options{HashKey: "uri:x"}, option: "hash_key", is: strategy.ErrInvalidHashKey,
 			want: []string{"uri takes no name"}},
 		{name: "hash_key client_ip with a colon", strategy: "hash", opts: strategy.Options{HashKey: "client_ip:"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
+		{name: "hash with hash_balance", strategy: "hash", opts: strategy.Options{HashKey: "uri", HashBalance: 1.25}},
+		{
+			name: "hash_balance on least_connections", strategy: "least_connections", opts: strategy.Options{HashBalance: 1.25},
+			option: "hash_balance", is: strategy.ErrInapplicableOption,
+			want: []string{"hash_balance: option does not apply: strategy least_connections does not use it (only hash does)"},
+		},
+		{name: "hash_balance 1", strategy: "hash", opts: strategy.Options{HashBalance: 1}, option: "hash_balance", is: strategy.ErrInvalidOption,
+			want: []string{"hash_balance: invalid option: want more than 1.0, got 1"}},
+		{name: "hash_balance below 1", strategy: "hash", opts: strategy.Options{HashBalance: 0.5}, option: "hash_balance", is: strategy.ErrInvalidOption},
+		{name: "hash_balance negative", strategy: "hash", opts: strategy.Options{HashBalance: -2}, option: "hash_balance", is: strategy.ErrInvalidOption},
+		{name: "hash_balance NaN", strategy: "hash", opts: strategy.Options{HashBalance: math.NaN()}, option: "hash_balance", is: strategy.ErrInvalidOption},
+		{name: "hash_balance infinite", strategy: "hash", opts: strategy.Options{HashBalance: math.Inf(1)}, option: "hash_balance", is: strategy.ErrInvalidOption},
 		{name: "hash_key upper case", strategy: "hash", opts: strategy.Options{HashKey: "URI"}, option: "hash_key", is: strategy.ErrInvalidHashKey},
 	}
 	for _, tt := range tests {
