@@ -54,6 +54,10 @@ mutations=(
 	hedge.go 'other.at.abandon(other.res, other.err)' '_, _ = other.at.finish(other.res, other.err, r)' . '^TestHedging$'
 	serve.go 'if n == 0 && a.hedge.on && !pinned && hedgeable(r) {' 'if false {' . '^TestHedging$'
 	outlier.go 'a.pool.SweepOutliers(&a.outliers.policy, backend.Now())' '_ = a.pool' . '^TestOutlierEjection$'
+	backend/tier.go 'if len(distinct) <= 1 {' 'if true {' . '^TestFailoverTiers$'
+	backend/tier.go 'if p.failoverThreshold > 0 && available*100 < p.failoverThreshold*eligible {' 'if false {' . '^TestFailoverThreshold$'
+	discovery/srv.go 'priority: int(rec.Priority)}' 'priority: 0}' . '^TestSRVTiers$'
+	strategy/bounded.go 'if hl.under(list, first, capacity) {' 'if true {' . '^TestHashBalanceHotKey$'
 )
 
 selected=" $* "
