@@ -347,6 +347,8 @@ func TestSelectCasesAndNeeds(t *testing.T) {
 			"direct rp lb_rr lb_lc haproxy nginx respond", "nginx", ""},
 		{"other commands", []string{"-haproxy", "haproxy-2.8", "-nginx", "nginx-debug", "-dynamic10k"},
 			"direct rp lb_rr lb_lc haproxy nginx respond", "direct rp lb haproxy nginx", "wrk etcd haproxy-2.8 nginx-debug"},
+		{"hot key only: wrk", []string{"-workloads", "none", "-memory-duration", "0", "-hotkey"},
+			"direct rp lb_rr lb_lc haproxy nginx respond", "direct rp lb haproxy nginx", "wrk"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o, err := parseFlags(append(append([]string{}, base...), tc.args...))
@@ -406,6 +408,9 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 	for _, c := range hedgeCases {
 		configs["hedge "+c.key] = hedgeConfig(c.key, c.hedge, 2999, 8080, ports)
 	}
+	for _, c := range hotkeyCases {
+		configs["hotkey "+c.key] = hotkeyConfig(c.key, c.balance, 2999, 8080, ports)
+	}
 	for name, config := range configs {
 		t.Run(name, func(t *testing.T) {
 			out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(config), map[string]any{"filename": "Caddyfile"})
@@ -426,6 +431,9 @@ func TestCaddyConfigsAdapt(t *testing.T) {
 		"capacity auto":     `"max_requests":"auto"`,
 		"capacity static16": `"max_requests":16`,
 		"hedge lb_p95":      `"hedge_after":"p95"`,
+		"hotkey lb_125":     `"hash_balance":1.25`,
+		"hotkey lb":         `"hash_key":"header:X-Key"`,
+		"hotkey rp":         `"field":"X-Key"`,
 	} {
 		out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(configs[name]), nil)
 		if err != nil || !strings.Contains(string(out), want) {

@@ -126,6 +126,7 @@ type options struct {
 	grpc             bool
 	overload         bool
 	hedge            bool
+	hotkey           bool
 	slowPercent      float64
 	fleet            bool
 	fleetInstances   int
@@ -216,6 +217,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.grpc, "grpc", false, "also measure unary gRPC calls through load_balancer, reverse_proxy, HAProxy and nginx (h2c) and direct")
 	fs.BoolVar(&o.overload, "overload", false, "also measure a saturated backend (cap 8, 5 ms) under 256 connections: reverse_proxy with max requests, load_balancer without limits and with max_requests and a queue")
 	fs.BoolVar(&o.hedge, "hedge", false, "also measure hedging: three backends, one answering -slow-percent of its requests after 200 ms; reverse_proxy, load_balancer without and with hedge_after")
+	fs.BoolVar(&o.hotkey, "hotkey", false, "also measure a hot hash key: three backends (5 ms), every request with X-Key: hot; reverse_proxy lb_policy header, load_balancer hash without and with hash_balance 1.25")
 	fs.Float64Var(&o.slowPercent, "slow-percent", 6, "with -hedge: the share (%) of the slow backend's requests answered after 200 ms")
 	fs.BoolVar(&o.fleet, "fleet", false, "also measure fleet health: three Caddy nodes checking the same instances, alone and as a fleet on etcd (probers 2)")
 	fs.IntVar(&o.fleetInstances, "fleet-instances", 1000, "instances for -fleet")
@@ -315,7 +317,7 @@ type tool struct{ command, pkg string }
 func (o options) neededTools() []tool {
 	var out []tool
 	http1 := len(o.workloads) > 0
-	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k || o.hedge {
+	if http1 || o.memDuration > 0 || o.overload || o.dynamic10k || o.hedge || o.hotkey {
 		out = append(out, tool{"wrk", "wrk"})
 	}
 	if o.dynamic10k || o.fleet {
@@ -437,6 +439,11 @@ func (b *bench) run() error {
 	}
 	if b.opt.hedge {
 		if err := b.hedgeBench(); err != nil {
+			return err
+		}
+	}
+	if b.opt.hotkey {
+		if err := b.hotkeyBench(); err != nil {
 			return err
 		}
 	}

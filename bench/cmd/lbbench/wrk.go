@@ -92,6 +92,7 @@ type wrkRun struct {
 	duration    time.Duration
 	url         string
 	host        string        // Host header, if not the URL's
+	headers     []string      // more request headers, "Name: value"
 	script      string        // path of wrkScript
 	timeout     time.Duration // wrk's --timeout; 0: 5s
 	logPath     string        // wrk's output is written here
@@ -109,6 +110,9 @@ func (b *bench) runWrk(w wrkRun) (wrkResult, error) {
 	}
 	if w.host != "" {
 		argv = append(argv, "-H", "Host: "+w.host)
+	}
+	for _, h := range w.headers {
+		argv = append(argv, "-H", h)
 	}
 	argv = append(argv, w.url)
 	out, err := os.CreateTemp(b.work, "wrk-*.out")
