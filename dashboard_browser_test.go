@@ -273,6 +273,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	br := startBrowser(t)
 
 	one, two, three := newBackend(t, "one"), newBackend(t, "two"), newBackend(t, "three")
+	primary, backup := newBackend(t, "primary"), newBackend(t, "backup")
 	standIn := newBackend(t, "stand-in")
 	standIn.handle(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -308,8 +309,14 @@ func TestDashboardInBrowser(t *testing.T) {
 			max_requests 4
 			instances %s
 		}
+		app tiers.example.com {
+			health_uri /health
+			health_check_cooldown 100ms
+			instance %s
+			instance %s priority 1
+		}
 	}
-}`, standIn.URL, dashUser, dashHash(), one.URL, two.URL, three.URL))
+}`, standIn.URL, dashUser, dashHash(), one.URL, two.URL, three.URL, primary.URL, backup.URL))
 	for i := range 6 {
 		s.get("api.example.com", "/x")
 		if i%2 == 0 {
@@ -331,7 +338,7 @@ func TestDashboardInBrowser(t *testing.T) {
 			br.screenshot(filepath.Join(artifactsDir(t), "dashboard-failed.png"))
 		}
 	})
-	waitFor(t, "the page to show 3 healthy instances", func() bool {
+	waitFor(t, "the page to show 5 healthy instances", func() bool {
 		v = br.readDashboard()
 		healthy := 0
 		for _, r := range v.Rows {
@@ -339,10 +346,14 @@ func TestDashboardInBrowser(t *testing.T) {
 				healthy++
 			}
 		}
-		return healthy == 3
+		return healthy == 5
 	})
-	if want := []string{"api.example.comround_robin", "payments.example.comleast_connections· queued 0 · rejected 0"}; strings.Join(v.Apps, "|") != strings.Join(want, "|") {
-		t.Errorf("apps shown: %q, want %q (the queue of the app with max_requests)", v.Apps, want)
+	if want := []string{"api.example.comround_robin", "payments.example.comleast_connections· queued 0 · rejected 0",
+		"tiers.example.comround_robin· serving tier 0"}; strings.Join(v.Apps, "|") != strings.Join(want, "|") {
+		t.Errorf("apps shown: %q, want %q (the queue of the app with max_requests, the tier of the app with a backup)", v.Apps, want)
+	}
+	if rb, _ := v.row(backup.URL); len(rb.Cells) == 0 || rb.Cells[0] != backup.URL+"tier 1" {
+		t.Errorf("row of the backup: %q, want its URL tagged tier 1", rb.Cells)
 	}
 	if r3, _ := v.row(three.URL); len(r3.Cells) < 3 || r3.Cells[2] != "0 / 4" {
 		t.Errorf("row of %s (max_requests 4): %q, want in flight \"0 / 4\"", three.URL, r3.Cells)
@@ -383,6 +394,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	if r, _ := v.row(one.URL); r.State != "healthy" {
 		t.Errorf("the other instance: %+v", r)
 	}
+	// The tiers app's primary down: the page shows the backup tier serving.
+	primary.health.Store(http.StatusServiceUnavailable)
+	waitFor(t, "the page to show the tiers app on its backup tier", func() bool {
+		v = br.readDashboard()
+		return len(v.Apps) == 3 && v.Apps[2] == "tiers.example.comround_robin· serving tier 1"
+	})
 
 	// Drain buttons, since allow_drain is on and there is a drainer: a
 	// click is a same-origin POST through basic_auth.

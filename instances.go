@@ -117,9 +117,9 @@ type members struct {
 // those new to it, and builds what proxying to them takes. Every key taken
 // is released by release, also when Provision fails later. The changes of
 // state of its instances are reported with onChange while this config is
-// in charge of them (see sharedInstance.notify); config is its Done
-// channel.
-func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change)) {
+// in charge of them (see sharedInstance.notify), and the changes of its
+// active tier with onTierChange; config is its Done channel.
+func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(backend.Change), onTierChange func(from, to int)) {
 	a.config, a.onChange, a.logger = config, onChange, logger
 	if a.limits.queue > 0 {
 		a.overload.queue = &requestQueue{max: a.limits.queue, timeout: a.limits.queueTimeout}
@@ -132,6 +132,12 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 	if a.StickyCookie != "" {
 		a.sticky = newStickyCookie(a.StickyCookie, a.StickyCookieSecret, a.name)
 	}
+	// The pool exists, set up, before any listener of an instance does:
+	// a change of an instance's state reaches onChange, which reads it.
+	a.pool = backend.NewPool()
+	a.pool.SetPanicThreshold(a.panic)
+	a.pool.SetFailoverThreshold(a.failover)
+	a.pool.SetOnTierChange(onTierChange)
 	m := &members{targets: make(map[*backend.Instance]*target, len(a.urls))}
 	instances := make([]*backend.Instance, 0, len(a.urls))
 	for i, u := range a.urls {
@@ -141,10 +147,7 @@ func (a *App) attach(logger *zap.Logger, config <-chan struct{}, onChange func(b
 		instances = append(instances, t.in)
 	}
 	a.static = instances
-	a.pool = backend.NewPool()
 	a.pool.SetMembers(instances, a.priorities)
-	a.pool.SetPanicThreshold(a.panic)
-	a.pool.SetFailoverThreshold(a.failover)
 	a.budget.percent = a.retry.budget
 	a.setMembers(m)
 }

@@ -103,8 +103,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := app.loadTLS(ctx); err != nil {
 			return err
 		}
-		app.attach(h.logger, ctx.Done(), h.onChange(app))
-		app.pool.SetOnTierChange(h.onTierChange(app))
+		app.attach(h.logger, ctx.Done(), h.onChange(app), h.onTierChange(app))
 		if app.dynamic != nil {
 			app.subscribe()
 		}

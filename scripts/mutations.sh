@@ -61,6 +61,10 @@ mutations=(
 	mirror.go 'c.Header.Set(MirrorHeader, "1")' '' . '^TestMirror$'
 	strategy/bounded.go 'return float64(list[i].InFlight()) < math.Ceil(capacity*share)' 'return float64(list[i].InFlight()) <= math.Ceil(capacity*share)' . '^TestHashBalanceHotKey$'
 	strategy/hash.go 'return list[hl.bounded(list, key, s.balance)]' 'return list[hl.best(key)]' ./strategy '^TestHashBalance'
+	backend/tier.go 'if len(distinct) <= 1 {' 'if true {' . '^TestFailoverTiers$'
+	backend/tier.go 'if p.failoverThreshold > 0 && available*100 < p.failoverThreshold*eligible {' 'if false {' . '^TestFailoverThreshold$'
+	discovery/srv.go 'priority: int(rec.Priority)}' 'priority: 0}' . '^TestSRVTiers$'
+	strategy/bounded.go 'if hl.under(list, first, capacity) {' 'if true {' . '^TestHashBalanceHotKey$'
 )
 
 selected=" $* "
