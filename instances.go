@@ -222,7 +222,10 @@ func (a *App) adopt(now int64, logger *zap.Logger) {
 	for _, in := range a.pool.All() {
 		t := m.targets[in]
 		a.applyLimit(t.in, now)
-		if t.in.Configure(t.weight, &a.passive, now) {
+		// An instance is new to the app when no config has configured it
+		// yet and it has served nothing: one that served requests under a
+		// config replaced before Caddy reported it running is not.
+		if t.in.Configure(t.weight, &a.passive, now) && t.in.Status().TotalRequests == 0 {
 			added = append(added, t)
 		} else {
 			serving = true
