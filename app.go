@@ -4,11 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"math"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -169,104 +166,6 @@ type target struct {
 	logField zap.Field
 }
 
-// InstanceConfig is one backend instance of an app.
-type InstanceConfig struct {
-	// The instance's base URL: http or https, a host and optionally a port
-	// and a base path that is joined with each request's path. Without a
-	// scheme ("127.0.0.1:8081"), http is meant. Userinfo, if any, is sent
-	// as basic auth to the instance; a query is added to each request's.
-	// Both are redacted in logs, metrics and the report.
-	URL string `json:"url"`
-
-	// The instance's share of requests relative to the app's other
-	// instances, an integer from 0 to 1000000; every strategy but first
-	// honours it. 0 sends the instance no new requests (requests in
-	// flight finish) while it stays in the config, its health checks and
-	// the report. Default: 1.
-	Weight *int `json:"weight,omitempty"`
-
-	// The instance's failover tier, an integer from 0 to 65535: 0 (the
-	// default) is the first tier, higher numbers are backup tiers, lower
-	// preferred as in DNS SRV. The app serves from its best tier only,
-	// and hands over to the next tier when too few of its instances are
-	// available (see failover_threshold).
-	Priority *int `json:"priority,omitempty"`
-}
-
-// Selection says how an instance is picked for each request.
-type Selection struct {
-	// How an instance is picked for each request, among the healthy
-	// instances of weight above 0. Default: round_robin.
-	//
-	//   - round_robin: in turn, in proportion to the weights (nginx's
-	//     smooth weighted round robin), exact over the available instances.
-	//   - least_connections: the fewest requests in flight per unit of
-	//     weight; idle instances first.
-	//   - p2c: the less loaded of two instances drawn at random (power of
-	//     two choices); O(1) at any pool size.
-	//   - least_latency: of two instances drawn at random, the one with the
-	//     lower peak-EWMA latency × (in flight + 1) / weight.
-	//   - hash: the same key (see hash_key) to the same instance, by
-	//     rendezvous hashing; agreed by every load balancer with the same
-	//     config.
-	//   - random: at random, in proportion to the weights.
-	//   - first: the first available instance in config order (failover).
-	Strategy string `json:"strategy,omitempty"`
-
-	// What strategy hash hashes: "client_ip" (Caddy's client IP, which
-	// honours the server's trusted_proxies), "header:NAME", "cookie:NAME",
-	// "query:NAME" (the value as sent) or "uri" (path and query as sent).
-	// Requests without the key go to a random instance. Only with
-	// strategy hash. Default: client_ip.
-	HashKey string `json:"hash_key,omitempty"`
-
-	// The decay window of least_latency's latency estimates: the weight of
-	// a sample falls to 1/e after this long, and an idle instance's
-	// estimate decays toward 0 at that pace, so a slow instance is tried
-	// again. Shorter reacts faster and forgets sooner. Only with strategy
-	// least_latency. Default: 10s.
-	LatencyDecay *Duration `json:"latency_decay,omitempty"`
-
-	// Consistent hashing with bounded loads, for strategy hash: a factor
-	// above 1.0 (1.25: an instance may take 25% more than its share). No
-	// instance takes a new request while it has ceil(factor × (the
-	// requests in flight to the app's serving tier + 1) × its share of the
-	// weight) in flight; a key whose instance is at the bound goes to the
-	// next of its rendezvous ranking under it, so keys move as little as
-	// they can. Only with strategy hash. Default: none (no bound).
-	HashBalance *float64 `json:"hash_balance,omitempty"`
-}
-
-// compile returns the strategy's name (the default if unset) and the
-// strategy.
-func (s *Selection) compile() (string, strategy.Strategy, error) {
-	name := s.Strategy
-	if name == "" {
-		name = strategy.Default
-	}
-	opts := strategy.Options{HashKey: s.HashKey}
-	if s.HashBalance != nil {
-		if f := *s.HashBalance; !(f > 1) || math.IsInf(f, 0) {
-			return "", nil, optionError("hash_balance", fmt.Errorf("%w: want more than 1.0, got %v", ErrInvalidOption, f))
-		}
-		opts.HashBalance = *s.HashBalance
-	}
-	if s.LatencyDecay != nil {
-		var err error
-		if opts.LatencyDecay, err = positive(s.LatencyDecay, 0); err != nil {
-			return "", nil, optionError("latency_decay", err)
-		}
-	}
-	st, err := strategy.NewWithOptions(name, opts)
-	if err != nil {
-		if oe, ok := errors.AsType[*strategy.OptionError](err); ok {
-			return "", nil, optionError(oe.Option, oe.Err)
-		}
-		return "", nil, optionError("strategy", err)
-	}
-	return name, st, nil
-}
-
 // provision checks the app's options and compiles them into its
 // settings, leaving the options as they are. attach builds the rest of
 // what serving the app takes, with its instances.
@@ -385,47 +284,6 @@ func (s *settings) compile(app *App) error {
 	return nil
 }
 
-// compileInstances checks the configured instances and compiles their
-// URLs, weights and priorities; there may be none if others are discovered.
-func (s *settings) compileInstances(instances []*InstanceConfig, discovered bool) error {
-	if len(instances) == 0 && !discovered {
-		return optionError("instances", ErrNoInstances)
-	}
-	s.urls = make([]*url.URL, 0, len(instances))
-	s.weights = make([]int, 0, len(instances))
-	s.priorities = make([]int, 0, len(instances))
-	seen := make(map[string]int, len(instances))
-	for i, ic := range instances {
-		field := fmt.Sprintf("instances[%d].url", i)
-		if ic == nil {
-			return optionError(field, ErrInvalidURL)
-		}
-		u, err := parseInstanceURL(ic.URL)
-		if err != nil {
-			return optionError(field, err)
-		}
-		if j, dup := seen[u.String()]; dup {
-			return optionError(field, fmt.Errorf("%w: %q is instances[%d] already; give it a weight instead", ErrDuplicateInstance, ic.URL, j))
-		}
-		seen[u.String()] = i
-		weight := 1
-		if ic.Weight != nil {
-			if weight = *ic.Weight; weight < 0 || weight > backend.MaxWeight {
-				return optionError(fmt.Sprintf("instances[%d].weight", i),
-					fmt.Errorf("%w: want an integer from 0 to %d, got %d", ErrInvalidWeight, backend.MaxWeight, weight))
-			}
-		}
-		priority, err := instancePriority(ic.Priority)
-		if err != nil {
-			return optionError(fmt.Sprintf("instances[%d].priority", i), err)
-		}
-		s.urls = append(s.urls, u)
-		s.weights = append(s.weights, weight)
-		s.priorities = append(s.priorities, priority)
-	}
-	return nil
-}
-
 // checkApp returns the error Provision would refuse app with, if any,
 // without changing app: it provisions a copy. The Caddyfile and lbyaml
 // adapters use it to refuse at adapt time, with a position, what their
@@ -457,31 +315,3 @@ func (e *fieldError) Error() string {
 }
 
 func (e *fieldError) Unwrap() error { return e.err }
-
-// parseInstanceURL parses and checks an instance URL; one without a scheme
-// means http.
-func parseInstanceURL(raw string) (*url.URL, error) {
-	s := strings.TrimSpace(raw)
-	if i := strings.Index(s, "://"); i < 0 || strings.ContainsAny(s[:i], "/?#:@") {
-		s = "http://" + s
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, raw, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c" {
-		return nil, fmt.Errorf("%w, got %q in %q", ErrInvalidScheme, u.Scheme, raw)
-	}
-	if u.Hostname() == "" {
-		return nil, fmt.Errorf("%w: %q", ErrMissingHost, raw)
-	}
-	if port := u.Port(); port != "" {
-		if n, err := net.LookupPort("tcp", port); err != nil || n == 0 {
-			return nil, fmt.Errorf("%w %q: bad port %q", ErrInvalidURL, raw, port)
-		}
-	}
-	if u.Fragment != "" || u.Opaque != "" {
-		return nil, fmt.Errorf("%w %q: no fragment or opaque part allowed", ErrInvalidURL, raw)
-	}
-	return u, nil
-}

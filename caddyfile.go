@@ -6,10 +6,8 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -182,12 +180,10 @@ func (p *caddyfileParser) parse() error {
 // parseApp reads an app block; the cursor is on "app".
 func (p *caddyfileParser) parseApp() error {
 	d := p.d
-	tok := d.Token()
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return d.Errf("app: want one host (a host name, *.domain or *), got %s", countArgs(args))
+	tok, host, err := p.blockName("one host (a host name, *.domain or *)")
+	if err != nil {
+		return err
 	}
-	host := args[0]
 	if p.catchAll != nil {
 		return d.Errf("app %q: app blocks cannot be mixed with %s; put every instance and option in an app block",
 			host, p.catchAllFrom)
@@ -210,15 +206,12 @@ func (p *caddyfileParser) parseApp() error {
 // parsePool reads a pool block, an app with a name and no host (it serves
 // what apps split or mirror to it); the cursor is on "pool".
 func (p *caddyfileParser) parsePool() error {
-	d := p.d
-	tok := d.Token()
-	args := d.RemainingArgs()
-	if len(args) != 1 {
-		return d.Errf("pool: want one name, got %s", countArgs(args))
+	tok, name, err := p.blockName("one name")
+	if err != nil {
+		return err
 	}
-	name := args[0]
 	if prev, dup := p.pools[name]; dup {
-		return d.Errf("pool %q: name: %v: the pool at %s:%d has it", name, ErrDuplicatePool, prev.File, prev.Line)
+		return p.d.Errf("pool %q: name: %v: the pool at %s:%d has it", name, ErrDuplicatePool, prev.File, prev.Line)
 	}
 	if p.pools == nil {
 		p.pools = make(map[string]caddyfile.Token)
@@ -227,6 +220,18 @@ func (p *caddyfileParser) parsePool() error {
 	a := &appParser{app: &App{Name: name}, name: name, pool: true, tok: tok, seen: make(map[string]caddyfile.Token)}
 	p.apps = append(p.apps, a)
 	return p.parseOptions(a)
+}
+
+// blockName reads the one argument of an app or pool block (want says
+// what it is, for the error); the cursor is on the block's keyword.
+func (p *caddyfileParser) blockName(want string) (caddyfile.Token, string, error) {
+	d := p.d
+	tok := d.Token()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return tok, "", d.Errf("%s: want %s, got %s", tok.Text, want, countArgs(args))
+	}
+	return tok, args[0], nil
 }
 
 // parseOptions reads the option lines of the block of app or pool a.
@@ -297,69 +302,6 @@ func (p *caddyfileParser) parseOption(a *appParser) error {
 	return nil
 }
 
-// parseDynamic reads the dynamic line (and block) of app, as
-// reverse_proxy's: dynamic <source> [<args...>] [{ ... }], the source's
-// syntax being its module's. The cursor is on "dynamic".
-func (p *caddyfileParser) parseDynamic(a *appParser) error {
-	d := p.d
-	if _, dup := a.seen["dynamic_upstreams"]; dup {
-		return p.errf(a, "dynamic already specified")
-	}
-	a.seen["dynamic_upstreams"] = d.Token()
-	if !d.NextArg() {
-		return p.errf(a, "dynamic: want a source (a, srv, multi, etcd...)")
-	}
-	name := d.Val()
-	mod, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.upstreams."+name)
-	if err != nil {
-		return p.errf(a, "dynamic: %w", err)
-	}
-	a.app.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(mod, "source", name, nil)
-	return nil
-}
-
-// addInstances appends urls to the app's instances, as written.
-func (p *caddyfileParser) addInstances(a *appParser, urls []string) {
-	for _, raw := range urls {
-		a.seen[fmt.Sprintf("instances[%d].url", len(a.app.Instances))] = p.d.Token()
-		a.app.Instances = append(a.app.Instances, &InstanceConfig{URL: raw})
-	}
-}
-
-// addInstance appends the instance of an instance line: a URL, and
-// optionally "weight <n>" and "priority <n>", in either order.
-func (p *caddyfileParser) addInstance(a *appParser, args []string) error {
-	if len(args)%2 != 1 || len(args) > 5 {
-		return p.errf(a, "instance: want a URL, optionally followed by weight <n> and priority <n>, got %s", countArgs(args))
-	}
-	ic := &InstanceConfig{URL: args[0]}
-	i := len(a.app.Instances)
-	a.seen[fmt.Sprintf("instances[%d].url", i)] = p.d.Token()
-	for k := 1; k < len(args); k += 2 {
-		name, value := args[k], args[k+1]
-		var dst **int
-		switch name {
-		case "weight":
-			dst = &ic.Weight
-		case "priority":
-			dst = &ic.Priority
-		default:
-			return p.errf(a, "instance: unknown setting %q (want weight <n> or priority <n>)", name)
-		}
-		if *dst != nil {
-			return p.errf(a, "instance: %s already specified", name)
-		}
-		n, err := strconv.Atoi(value)
-		if err != nil {
-			return p.errf(a, "instance: %s: want an integer, got %q", name, value)
-		}
-		*dst = &n
-		a.seen[fmt.Sprintf("instances[%d].%s", i, name)] = p.d.Token()
-	}
-	a.app.Instances = append(a.app.Instances, ic)
-	return nil
-}
-
 // finish checks the apps, once the whole directive is read, with
 // App.provision's checks: an error points at the line of the option at
 // fault, or else at the app's.
@@ -393,14 +335,10 @@ func (p *caddyfileParser) finish() error {
 // its line (Provision would refuse it too, without one).
 func (p *caddyfileParser) checkPoolNames() error {
 	for _, a := range p.apps {
-		for i, sp := range a.app.Split {
-			if _, ok := p.pools[sp.Pool]; !ok {
-				return errAt(a.seen["split"], fmt.Errorf("%s: split[%d].pool: %w %q: no pool block has that name", a.label(), i, ErrUnknownPool, sp.Pool))
-			}
-		}
-		if m := a.app.Mirror; m != "" {
-			if _, ok := p.pools[m]; !ok {
-				return errAt(a.seen["mirror"], fmt.Errorf("%s: mirror: %w %q: no pool block has that name", a.label(), ErrUnknownPool, m))
+		for _, ref := range a.app.poolRefs() {
+			if _, ok := p.pools[ref.pool]; !ok {
+				option, _, _ := strings.Cut(ref.field, "[")
+				return errAt(a.seen[option], fmt.Errorf("%s: %s: %w %q: no pool block has that name", a.label(), ref.field, ErrUnknownPool, ref.pool))
 			}
 		}
 	}

@@ -252,13 +252,10 @@ func (a *yamlAdapter) apps(n *yaml.Node) (*Handler, error) {
 	}
 	// Splits and mirrors name pools of the file.
 	for i, app := range h.Apps {
-		for j, sp := range app.Split {
-			if pools[sp.Pool] == nil {
-				return nil, fmt.Errorf("%s: apps[%d]: split[%d].pool: %w %q: no pool of the file has that name", a.File(), i, j, ErrUnknownPool, sp.Pool)
+		for _, ref := range app.poolRefs() {
+			if pools[ref.pool] == nil {
+				return nil, fmt.Errorf("%s: apps[%d]: %s: %w %q: no pool of the file has that name", a.File(), i, ref.field, ErrUnknownPool, ref.pool)
 			}
-		}
-		if app.Mirror != "" && pools[app.Mirror] == nil {
-			return nil, fmt.Errorf("%s: apps[%d]: mirror: %w %q: no pool of the file has that name", a.File(), i, ErrUnknownPool, app.Mirror)
 		}
 	}
 	return h, nil

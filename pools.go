@@ -50,6 +50,22 @@ func checkSplitter(app *App) error {
 	return nil
 }
 
+// poolRef is a field of an app that names a pool.
+type poolRef struct{ field, pool string }
+
+// poolRefs lists the pools the app's split and mirror name, with their
+// fields: what the adapters check against the pools they read.
+func (a *App) poolRefs() []poolRef {
+	var refs []poolRef
+	for i, sp := range a.Split {
+		refs = append(refs, poolRef{fmt.Sprintf("split[%d].pool", i), sp.Pool})
+	}
+	if a.Mirror != "" {
+		refs = append(refs, poolRef{"mirror", a.Mirror})
+	}
+	return refs
+}
+
 // appError is the error of an app's field found after the app was
 // compiled (its name known).
 func appError(app *App, field string, err error) error {
