@@ -308,10 +308,7 @@ func optionError(field string, err error) error {
 }
 
 func (e *fieldError) Error() string {
-	if e.pool {
-		return fmt.Sprintf("pool %q: %s: %v", e.app, e.field, e.err)
-	}
-	return fmt.Sprintf("app %q: %s: %v", e.app, e.field, e.err)
+	return fmt.Sprintf("%s: %s: %v", appLabel(e.app, e.pool), e.field, e.err)
 }
 
 func (e *fieldError) Unwrap() error { return e.err }

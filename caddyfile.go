@@ -346,12 +346,7 @@ func (p *caddyfileParser) checkPoolNames() error {
 }
 
 // label names a in messages: app "host" or pool "name".
-func (a *appParser) label() string {
-	if a.pool {
-		return fmt.Sprintf("pool %q", a.name)
-	}
-	return fmt.Sprintf("app %q", a.name)
-}
+func (a *appParser) label() string { return appLabel(a.name, a.pool) }
 
 // startCatchAll begins the app of the shorthand form; from says what began
 // it, for the error if an app block follows.

@@ -11,12 +11,19 @@ import (
 // appOf returns the report entry of the app of host.
 func appOf(t testing.TB, rep report.Report, host string) report.App {
 	t.Helper()
+	return reportEntry(t, rep, fmt.Sprintf("app %q", host), func(app report.App) bool { return app.Host == host })
+}
+
+// reportEntry returns the report's entry for which is returns true; what
+// names it in the failure if there is none.
+func reportEntry(t testing.TB, rep report.Report, what string, is func(report.App) bool) report.App {
+	t.Helper()
 	for _, app := range rep.Apps {
-		if app.Host == host {
+		if is(app) {
 			return app
 		}
 	}
-	t.Fatalf("report has no app %q: %+v", host, rep)
+	t.Fatalf("report has no %s: %+v", what, rep)
 	return report.App{}
 }
 

@@ -298,7 +298,7 @@ func (a *yamlAdapter) app(i int, n *yaml.Node) (*App, error) {
 	}
 	a.Label = a.appLabel(i, host)
 	if host == nil && name != nil && name.Kind == yaml.ScalarNode && name.ShortTag() == "!!str" {
-		a.Label = fmt.Sprintf("pool %q", name.Value)
+		a.Label = appLabel(name.Value, true)
 	}
 
 	v, err := a.Walk(n, reflect.TypeFor[App](), "", 0)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+
+	"github.com/golb/caddy-lb/internal/jsonfields"
 )
 
 // Pools: apps with a name and no host, which serve only what other apps
@@ -13,6 +15,14 @@ import (
 // normalizes to, so that its instances' state is keyed apart from every
 // host app's (and the catch-all's, whose pattern is "").
 func poolPattern(name string) string { return "\x00pool " + name }
+
+// appLabel names an app in messages: app "host", or pool "name".
+func appLabel(name string, pool bool) string {
+	if pool {
+		return fmt.Sprintf("pool %q", name)
+	}
+	return fmt.Sprintf("app %q", name)
+}
 
 // isPool reports whether the app is a pool.
 func (a *App) isPool() bool { return a.Name != "" }
@@ -30,10 +40,17 @@ func checkPoolName(app *App) error {
 	return nil
 }
 
-// splitterOptions are the options an app that splits may have: the
-// others belong to its pools.
-var splitterOptions = map[string]bool{"host": true, "name": true, "split": true, "split_header": true, "split_cookie": true,
-	"mirror": true, "mirror_percent": true, "mirror_max_body": true, "mirror_concurrency": true, "mirror_queue": true, "mirror_timeout": true}
+// splitterOptions are the options an app that splits may have (its host
+// or name, its split and its mirror): the others belong to its pools.
+var splitterOptions = func() map[string]bool {
+	ok := map[string]bool{"host": true, "name": true}
+	for _, t := range []reflect.Type{reflect.TypeFor[Splitting](), reflect.TypeFor[Mirroring]()} {
+		for _, name := range jsonfields.Of(t).Names() {
+			ok[name] = true
+		}
+	}
+	return ok
+}()
 
 // checkSplitter refuses the options an app that splits cannot use: it has
 // no instances, and its requests are served by its pools, with theirs.

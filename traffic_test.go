@@ -16,13 +16,7 @@ import (
 // poolOf returns the report entry of the pool named name.
 func poolOf(t testing.TB, rep report.Report, name string) report.App {
 	t.Helper()
-	for _, app := range rep.Apps {
-		if app.Pool == name {
-			return app
-		}
-	}
-	t.Fatalf("report has no pool %q: %+v", name, rep)
-	return report.App{}
+	return reportEntry(t, rep, fmt.Sprintf("pool %q", name), func(app report.App) bool { return app.Pool == name })
 }
 
 // splitConfig is a site whose app shop.test splits between the pools
